@@ -1,0 +1,27 @@
+"""cvrl_jax: contrastive visual representation learning in JAX/Flax."""
+
+import setuptools
+
+# Pinned to the versions the test-suite runs against; jax/flax move quickly.
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "clu==0.0.12",
+    "ml-collections==1.1.0",
+    "tensorflow-cpu==2.21.0",  # tf.data only: the model never runs in TF.
+    "tensorflow-datasets==4.9.10",
+    "tensorboard==2.21.0",
+    "numpy>=2.0",
+]
+
+setuptools.setup(
+    name="cvrl_jax",
+    version="0.1.0",
+    description="Contrastive visual representation learning (SimCLR, MoCo, ...) in JAX/Flax.",
+    packages=setuptools.find_packages(include=["cvrl_jax", "cvrl_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3"]},
+)
