@@ -9,3 +9,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SHARED_TFDS = os.path.abspath(
     os.path.join(os.path.dirname(__file__), "..", "..", "shared", "tfds"))
+
+import jax  # noqa: E402  (after XLA_FLAGS)
+
+# Tests compile the same small programs many times (every train_and_evaluate
+# call jits init, step and eval): a persistent cache makes the repeats cheap.
+jax.config.update("jax_compilation_cache_dir",
+                  os.path.join(os.environ.get("TMPDIR", "/tmp"), "cvrl_jax_jit_cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
