@@ -45,12 +45,17 @@ def learning_rate_schedule(peak_lr: float, total_steps: int, warmup_steps: int,
 
 
 def decay_mask(params: Any) -> Any:
-  """True for weight matrices/kernels, False for biases and BatchNorm parameters.
+  """True for weight matrices/kernels, False for biases, BatchNorm and the probe.
 
   SimCLR and BYOL exclude biases and BN scale/offset from weight decay and from
-  LARS's trust ratio; they are exactly the 1-D parameters.
+  LARS's trust ratio; they are exactly the 1-D parameters. The online linear
+  probe (a monitor, see methods/base.py) is excluded too, as SimCLR excludes its
+  supervised head: under LARS's trust ratio a freshly initialised linear layer
+  moves ~lr*1e-3 of its norm per step and would hardly learn in a short run.
   """
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+  def mask(path, p):
+    return p.ndim > 1 and not any(getattr(k, "key", None) == "probe" for k in path)
+  return jax.tree_util.tree_map_with_path(mask, params)
 
 
 def create_optimizer(config: ml_collections.ConfigDict, batch_size: int,

@@ -37,13 +37,14 @@ def batch_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA))
 
 
-def check_batch_size(global_batch: int, mesh: jax.sharding.Mesh) -> int:
+def check_batch_size(global_batch: int, mesh: jax.sharding.Mesh,
+                     key: str = "batch_size") -> int:
   """Per-process batch size, or a clear error if the batch does not split evenly."""
   devices = mesh.devices.size
   if global_batch % devices:
     raise ValueError(
-        f"batch_size={global_batch} does not divide over {devices} devices: "
-        f"use a multiple of {devices}, e.g. --config.batch_size="
+        f"{key}={global_batch} does not divide over {devices} devices: "
+        f"use a multiple of {devices}, e.g. --config.{key}="
         f"{max(devices, global_batch // devices * devices)}.")
   return global_batch // jax.process_count()
 

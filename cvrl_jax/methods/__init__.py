@@ -1,0 +1,15 @@
+"""Methods by name. Adding one: a file here, a config, a test file."""
+
+import ml_collections
+
+from cvrl_jax.methods.base import Method
+from cvrl_jax.methods.simclr import SimCLR
+
+METHODS = {"simclr": SimCLR}
+
+
+def get_method(config: ml_collections.ConfigDict, num_classes: int,
+               total_steps: int) -> Method:
+  if config.method not in METHODS:
+    raise ValueError(f"config.method={config.method!r} is not one of {sorted(METHODS)}.")
+  return METHODS[config.method](config, num_classes, total_steps)

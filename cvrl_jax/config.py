@@ -1,0 +1,87 @@
+"""The configuration contract every method's config starts from.
+
+Scripts and tests rely on these keys: ``dataset``, ``data_dir``, ``batch_size``
+(global), ``total_steps`` (when set, wins over ``num_epochs``), ``seed``,
+``log_every_steps``, ``eval_every_steps``, ``checkpoint_every_steps``.
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.method = "simclr"
+  c.dataset = "imagenet2012"
+  c.data_dir = ""              # TFDS data dir; empty: $TFDS_DATA_DIR or the TFDS default
+  c.train_split = "train"
+  c.eval_split = "validation"
+  c.num_train_examples = 0     # 0: the whole split; else its first N (quick runs)
+  c.cache = False              # cache decoded images in memory (small datasets)
+  c.shuffle_buffer = 50_000
+  c.image_size = 224
+  c.eval_crop_proportion = 0.875
+
+  c.batch_size = 4096          # global, over all devices of all processes
+  c.num_epochs = 100
+  c.total_steps = 0            # 0: derived from num_epochs
+  c.seed = 0
+  c.num_devices = 0            # 0: every device; N: the first N (tests, benchmarks)
+
+  c.model = ml_collections.ConfigDict(dict(
+      depth=50, width_multiplier=1.0, sk_ratio=0.0, stem="imagenet", bn_momentum=0.9))
+
+  c.augment = ml_collections.ConfigDict(dict(
+      crop_area=(0.08, 1.0), color_strength=1.0, grayscale_p=0.2,
+      blur_p=(0.5, 0.5), solarize_p=(0.0, 0.0)))
+
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name="lars", base_lr=0.3, lr_scaling="linear", weight_decay=1e-6,
+      momentum=0.9, warmup_epochs=10.0, schedule="cosine", trust_coefficient=0.001))
+
+  c.knn = ml_collections.ConfigDict(dict(
+      k=200, temperature=0.1, batch_size=1024, eval_at_start=True,
+      num_train_examples=0, num_eval_examples=0))  # 0: the whole split
+
+  c.log_every_steps = 100
+  c.eval_every_steps = 5000
+  c.checkpoint_every_steps = 5000
+  c.max_to_keep = 3
+  return c
+
+
+def use_cifar10(c: ml_collections.ConfigDict, depth: int = 18) -> ml_collections.ConfigDict:
+  """Dataset, model and schedule of the SimCLR README's CIFAR-10 runs (any method)."""
+  c.dataset = "cifar10"
+  c.eval_split = "test"
+  c.cache = True
+  c.image_size = 32
+  c.eval_crop_proportion = 1.0
+  c.batch_size = 512
+  c.num_epochs = 1000
+  c.model.depth = depth
+  c.model.stem = "cifar"
+  c.knn.batch_size = 1024
+  c.log_every_steps = 50
+  c.eval_every_steps = 5000
+  c.checkpoint_every_steps = 2000
+  return c
+
+
+def use_cpu(c: ml_collections.ConfigDict, total_steps: int) -> ml_collections.ConfigDict:
+  """Shrinks a CIFAR-10 config to minutes on a 2-core CPU (docs/benchmarks.md).
+
+  A quarter-width ResNet-18 (0.7 M parameters), batch 256, and a kNN monitor on
+  10k train / 2k test images keep the run near 10-15 minutes.
+  """
+  c.model.width_multiplier = 0.25
+  c.batch_size = 256
+  c.num_epochs = 0
+  c.total_steps = total_steps
+  c.optimizer.warmup_epochs = 0.5
+  c.knn.num_train_examples = 10_000
+  c.knn.num_eval_examples = 2_000
+  c.knn.batch_size = 512
+  c.log_every_steps = 25
+  c.eval_every_steps = total_steps // 2
+  c.checkpoint_every_steps = total_steps // 2
+  return c

@@ -1,0 +1,47 @@
+"""Entry point: ``python -m cvrl_jax.main --config=configs/simclr_v2.py --workdir=DIR``."""
+
+import logging as py_logging
+import os
+
+# On a CPU-only machine XLA runs a large convolution batch about 2x slower than the
+# same batch split over several CPU "devices" (docs/benchmarks.md), so split the
+# host into 8 unless the user chose. GPUs and TPUs are unaffected: the CPU
+# devices are not used when an accelerator is present.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_force_host_platform_device_count=8").strip()
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+import jax  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from cvrl_jax import train  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl and TensorBoard go here.")
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/simclr_v2.py:cpu.",
+                                lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _QuietLibraries(py_logging.Filter):
+  """Drops INFO lines of orbax (tens per checkpoint); warnings still pass."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return record.levelno > py_logging.INFO or "/orbax/" not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # tf.data only: keep TensorFlow off the accelerators JAX uses.
+  tf.config.set_visible_devices([], "GPU")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  logging.info("JAX process %d / %d, devices: %s", jax.process_index(),
+               jax.process_count(), jax.devices())
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,142 @@
+"""The training loop end to end on real CIFAR-10 (tiny model, a few steps)."""
+
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import simclr_v2
+from conftest import SHARED_TFDS
+from cvrl_jax import input_pipeline, parallel, train
+
+
+def tiny_config(**overrides):
+  c = simclr_v2.get_config("cpu")
+  c.data_dir = SHARED_TFDS
+  c.image_size = 16
+  c.model.width_multiplier = 0.125
+  c.head.update(hidden_dim=32, output_dim=16)
+  c.batch_size = 16
+  c.num_train_examples = 512
+  c.total_steps = 4
+  c.optimizer.warmup_epochs = 1.0
+  c.log_every_steps = 1
+  c.eval_every_steps = 1000
+  c.checkpoint_every_steps = 1000
+  c.knn.update(num_train_examples=256, num_eval_examples=64, batch_size=64,
+               eval_at_start=False)
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def losses_by_step(workdir):
+  return {r["step"]: r["loss"] for r in read_metrics(workdir) if "loss" in r}
+
+
+def restore_params(workdir, step):
+  mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+  return mngr.restore(step)["params"]
+
+
+def test_one_and_eight_devices_give_the_same_losses(tmp_path):
+  """Global NT-Xent + global BatchNorm: splitting the batch changes nothing."""
+  assert jax.device_count() == 8
+  one = train.train_and_evaluate(tiny_config(num_devices=1), str(tmp_path / "one"))
+  eight = train.train_and_evaluate(tiny_config(num_devices=8), str(tmp_path / "eight"))
+  l1, l8 = losses_by_step(tmp_path / "one"), losses_by_step(tmp_path / "eight")
+  assert sorted(l1) == [1, 2, 3, 4]
+  assert l1[1] > 0 and l1 != pytest.approx({k: 0.0 for k in l1})
+  for step in l1:
+    assert l8[step] == pytest.approx(l1[step], rel=2e-4), step
+  assert eight["probe_top1"] == pytest.approx(one["probe_top1"], abs=1e-3)
+  assert eight["knn_top1"] == pytest.approx(one["knn_top1"], abs=2.0)
+  p1, p8 = restore_params(tmp_path / "one", 4), restore_params(tmp_path / "eight", 4)
+  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_stopped_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
+  """SIGTERM after step 2 saves a checkpoint; a rerun continues to the same end."""
+  config = tiny_config(num_devices=8)
+  train.train_and_evaluate(config, str(tmp_path / "straight"))
+
+  make_step = train.make_train_step
+
+  def preempted_after_two_steps(*args):
+    step_fn, calls = make_step(*args), []
+
+    def wrapped(*a):
+      calls.append(1)
+      if len(calls) == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return step_fn(*a)
+    return wrapped
+
+  monkeypatch.setattr(train, "make_train_step", preempted_after_two_steps)
+  train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  assert ocp.CheckpointManager(str(tmp_path / "resumed" / "checkpoints")).all_steps() == [2]
+  assert max(losses_by_step(tmp_path / "resumed")) == 2
+  monkeypatch.setattr(train, "make_train_step", make_step)
+  train.train_and_evaluate(config, str(tmp_path / "resumed"))
+
+  straight, resumed = losses_by_step(tmp_path / "straight"), losses_by_step(tmp_path / "resumed")
+  assert sorted(resumed) == [1, 2, 3, 4]
+  for step in straight:
+    assert resumed[step] == pytest.approx(straight[step], rel=1e-6), step
+  for a, b in zip(jax.tree.leaves(restore_params(tmp_path / "straight", 4)),
+                  jax.tree.leaves(restore_params(tmp_path / "resumed", 4))):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+  config = tiny_config(num_devices=2, checkpoint_every_steps=2, log_every_steps=2,
+                       total_steps=6)
+  to_global, calls = parallel.host_to_global, []
+
+  def poisoned(batch, mesh):
+    calls.append(1)
+    if len(calls) == 3:  # the third step sees NaN images
+      batch = {**batch, "views": tuple(np.full_like(v, np.nan) for v in batch["views"])}
+    return to_global(batch, mesh)
+
+  monkeypatch.setattr(parallel, "host_to_global", poisoned)
+  with pytest.raises(FloatingPointError, match="NaN.*last good checkpoint \\(step 2\\)"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert ocp.CheckpointManager(str(tmp_path / "checkpoints")).all_steps() == [2]
+  params = restore_params(tmp_path, 2)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_batch_that_does_not_split_over_devices_is_refused(tmp_path):
+  with pytest.raises(ValueError, match="does not divide over 8 devices.*batch_size=16"):
+    train.train_and_evaluate(tiny_config(batch_size=20, num_devices=8), str(tmp_path))
+
+
+def test_missing_dataset_says_how_to_get_it(tmp_path):
+  config = tiny_config(data_dir=str(tmp_path / "empty"))
+  with pytest.raises(input_pipeline.DatasetNotFoundError,
+                     match="(?s)tfds build cifar10.*--config.data_dir"):
+    train.train_and_evaluate(config, str(tmp_path / "wd"))
+
+
+def test_unreadable_checkpoint_gives_clear_error(tmp_path):
+  config = tiny_config(num_devices=1, total_steps=1)
+  train.train_and_evaluate(config, str(tmp_path))
+  ckpt = tmp_path / "checkpoints" / "1"
+  for root, _, files in os.walk(ckpt):
+    for name in files:
+      if not name.startswith("_"):
+        with open(os.path.join(root, name), "wb") as f:
+          f.write(b"garbage")
+  with pytest.raises(RuntimeError, match="Cannot read the checkpoint at step 1"):
+    train.train_and_evaluate(config.copy_and_resolve_references(), str(tmp_path))
