@@ -13,7 +13,6 @@ import resource
 import time
 
 import jax
-import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 

@@ -11,7 +11,6 @@ from typing import Any, Iterator, Optional
 
 import jax
 import ml_collections
-import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 

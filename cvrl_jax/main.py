@@ -32,6 +32,24 @@ class _QuietLibraries(py_logging.Filter):
     return record.levelno > py_logging.INFO or "/orbax/" not in record.pathname
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, with a short error for a bad ``--config.KEY`` override.
+
+  ml_collections raises from deep inside its ConfigDict for an unknown key or a
+  value of the wrong type; the user only needs the key and the reason.
+  """
+  try:
+    return FLAGS(argv)
+  except (AttributeError, KeyError, TypeError, flags.Error) as e:
+    while e.args and isinstance(e.args[0], Exception):  # unwrap KeyError in AttributeError
+      e = e.args[0]
+    reason = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+    if isinstance(e, KeyError):
+      reason = f"unknown key {reason}"
+    raise SystemExit(f"Config refused: {reason}\nKeys and their types are in the "
+                     "config file and in cvrl_jax/config.py.") from None
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -44,4 +62,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

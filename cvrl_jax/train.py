@@ -11,18 +11,17 @@ RNG and the data position are functions of the step, so a resumed run continues
 exactly as an uninterrupted one would.
 """
 
-import functools
 import json
 import math
 import os
 import signal
+import time
 from typing import Any, Optional
 
 import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import tensorflow as tf
@@ -159,6 +158,19 @@ def knn_monitor(config: ml_collections.ConfigDict, method: methods.Method,
                       k=kc.k, temperature=kc.temperature)
 
 
+class _StepRate:
+  """Steps per second between consecutive calls (the train-only part of progress)."""
+
+  def __init__(self, step: int):
+    self._step, self._time = step, time.perf_counter()
+
+  def rate(self, step: int) -> float:
+    now = time.perf_counter()
+    rate = (step - self._step) / max(now - self._time, 1e-9)
+    self._step, self._time = step, now
+    return rate
+
+
 class _Preemption:
   """Turns SIGTERM (a preempted TPU VM) into 'save a checkpoint, then stop'."""
 
@@ -265,6 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if start_step == 0 and config.knn.get("eval_at_start", True):
     evaluate(0)  # the randomly initialised encoder: the baseline to beat
   acc = None
+  throughput = _StepRate(start_step)
   with _Preemption() as preemption, mngr:  # closing waits for pending saves
     for step in range(start_step + 1, total_steps + 1):
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
@@ -281,12 +294,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       last = step == total_steps
       preempted = preemption.requested or mngr.reached_preemption(step)
       if step % config.log_every_steps == 0 or last or preempted:
-        summary = {**_summary(acc), "learning_rate": float(schedule(step - 1))}
+        summary = {**_summary(acc), "learning_rate": float(schedule(step - 1)),
+                   "images_per_sec": throughput.rate(step) * config.batch_size}
         acc = None
         _raise_if_not_finite(summary, step, mngr)
         writer.write_scalars(step, summary)
       if step % config.eval_every_steps == 0 or last:
         evaluate(step)
+        throughput = _StepRate(step)  # images/s counts training time only
       if step % config.checkpoint_every_steps == 0 or last or preempted:
         if acc is not None:  # steps since the last log: check them before saving
           _raise_if_not_finite(_summary(acc), step, mngr)

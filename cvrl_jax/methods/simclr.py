@@ -26,9 +26,9 @@ class SimCLRNet(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, train: bool):
     h = self.encoder(images, train=train)
-    z, _ = self.head(h, train=train)
+    z, hiddens = self.head(h, train=train)  # hiddens[0] is h
     logits = nn.Dense(self.num_classes, name="probe")(jax.lax.stop_gradient(h))
-    return h, z, logits
+    return hiddens, z, logits
 
 
 class SimCLR(base.Method):
@@ -57,6 +57,8 @@ class SimCLR(base.Method):
     return loss + probe_loss, (updates["batch_stats"], extra, {"loss": loss, **metrics})
 
   def features(self, params, batch_stats, images):
-    h, _, _ = self._net(None).apply(
+    """Encoder output, or with ``representation_layer=1`` the head's first layer
+    (SimCLR v2 fine-tunes from there)."""
+    hiddens, _, _ = self._net(None).apply(
         {"params": params, "batch_stats": batch_stats}, images, train=False)
-    return h
+    return hiddens[self.config.get("representation_layer", 0)]
