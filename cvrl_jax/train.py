@@ -135,22 +135,27 @@ def _merge(acc: Optional[dict], new: dict) -> dict:
   return new if acc is None else {k: acc[k].merge(new[k]) for k in acc}
 
 
-def knn_monitor(config: ml_collections.ConfigDict, method: methods.Method,
-                state: TrainState, mesh: jax.sharding.Mesh, num_classes: int) -> float:
-  """kNN top-1 (%) of the test split against a bank of train features."""
-  kc = config.knn
-  local_batch = parallel.check_batch_size(kc.batch_size, mesh, "knn.batch_size")
+def make_features_fn(method: methods.Method):
+  """Jitted (features, labels) of a global eval batch; built once per run."""
 
   @jax.jit
-  def features(state, batch):
+  def features(state: TrainState, batch: dict):
     return method.features(state.params, state.batch_stats, batch["image"]), batch["label"]
+  return features
+
+
+def knn_monitor(config: ml_collections.ConfigDict, features_fn, state: TrainState,
+                mesh: jax.sharding.Mesh, num_classes: int) -> float:
+  """kNN top-1 (%) of the eval split against a bank of train-split features."""
+  kc = config.knn
+  local_batch = parallel.check_batch_size(kc.batch_size, mesh, "knn.batch_size")
 
   def run(split, num):
     ds, _ = input_pipeline.eval_dataset(config, split, local_batch, num)
     batches = (parallel.host_to_global(b, mesh) for b in input_pipeline.as_numpy(ds))
     return knn.extract(
-        lambda b: multihost_utils.process_allgather(features(state, b), tiled=True),
-        ((b) for b in batches))
+        lambda b: multihost_utils.process_allgather(features_fn(state, b), tiled=True),
+        batches)
 
   bank, bank_labels = run(config.train_split, kc.get("num_train_examples"))
   queries, labels = run(config.eval_split, kc.get("num_eval_examples"))
@@ -268,8 +273,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                config.method, total_steps, steps_per_epoch, config.batch_size,
                mesh.devices.size)
 
+  features_fn = make_features_fn(method)
+
   def evaluate(step: int) -> None:
-    top1 = knn_monitor(config, method, state, mesh, num_classes)
+    top1 = knn_monitor(config, features_fn, state, mesh, num_classes)
     writer.write_scalars(step, {"knn_top1": top1})
     summary["knn_top1"] = top1
 
