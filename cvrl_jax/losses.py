@@ -79,3 +79,49 @@ def nt_xent(z1: jax.Array, z2: jax.Array, *, temperature: float,
     return _cross_entropy(logits, labels)
 
   return 0.5 * (anchor_loss(z1, z1_all, z2_all) + anchor_loss(z2, z2_all, z1_all))
+
+
+def moco_infonce(q: jax.Array, k: jax.Array, queue: jax.Array, *,
+                 temperature: float) -> jax.Array:
+  """MoCo v1 / v2's InfoNCE against a queue of negative keys.
+
+  Args:
+    q: queries, (n, c); they carry the gradient.
+    k: the positive key of each query, (n, c); row i is query i's positive.
+    queue: negative keys from earlier batches, (K, c).
+    temperature: tau (0.07 in MoCo v1, 0.2 in v2).
+
+  Returns:
+    The mean over the n queries of cross-entropy(``[q.k, q.queue^T] / tau``, 0):
+    the positive is logit 0, the K queue entries are the negatives. All rows
+    are L2-normalised here. The loss is local to the queries given, so
+    ``lax.pmean`` of it over a mesh is the loss of the global batch.
+  """
+  q, k, queue = l2_normalize(q), l2_normalize(k), l2_normalize(queue)
+  positive = jnp.sum(q * k, axis=-1, keepdims=True)
+  logits = jnp.concatenate([positive, q @ queue.T], axis=1) / temperature
+  return _cross_entropy(logits, jnp.zeros(q.shape[0], jnp.int32))
+
+
+def moco_v3_ctr(q: jax.Array, k: jax.Array, *, temperature: float,
+                axis_name: Optional[str] = None) -> jax.Array:
+  """MoCo v3's contrastive loss ``ctr(q, k)`` with the keys of the global batch.
+
+  Args:
+    q: predictions of one view, (n, c).
+    k: momentum-encoder keys of the other view of the same n images, (n, c).
+    temperature: tau (1.0 for ResNet-50, 0.2 for ViT in MoCo v3).
+    axis_name: mesh axis over which the global batch is sharded, or None.
+
+  Returns:
+    ``2 tau * CE(q . k_all^T / tau, labels)``, where ``k_all`` is ``k``
+    gathered over ``axis_name`` (or ``k`` itself) and each query's label is
+    the row of its own key in ``k_all``; averaged over the local queries, so
+    that ``lax.pmean`` over the mesh is the single-device loss of the global
+    batch. The factor 2 tau is MoCo v3's, making the gradient scale roughly
+    independent of tau. Rows are L2-normalised here.
+  """
+  q, k = l2_normalize(q), l2_normalize(k)
+  k_all = _gather(k, axis_name)
+  labels = _global_row_offset(q.shape[0], axis_name) + jnp.arange(q.shape[0])
+  return 2.0 * temperature * _cross_entropy(q @ k_all.T / temperature, labels)

@@ -92,3 +92,52 @@ def test_device_local_value_is_mean_over_own_anchors():
   assert values.shape == (8,)
   assert np.std(values) > 1e-3  # different anchors, different losses
   np.testing.assert_allclose(values.mean(), losses.nt_xent(z1, z2, temperature=0.5), rtol=1e-5)
+
+
+def test_moco_infonce_hand_worked():
+  # tau = 0.5, unnormalised rows on purpose. Query a=(1,0): key (2,0) has cosine
+  # 1, the queue (0,1) and (-3,0) cosines 0 and -1: logits [2, 0, -2], loss
+  # log(e^2 + 1 + e^-2) - 2. Query b=(0,1): key (0,5) cosine 1, queue cosines 1
+  # and 0: logits [2, 2, 0], loss log(2e^2 + 1) - 2. The loss is their mean.
+  q = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+  k = jnp.array([[2.0, 0.0], [0.0, 5.0]])
+  queue = jnp.array([[0.0, 1.0], [-3.0, 0.0]])
+  e2 = np.exp(2.0)
+  expected = 0.5 * (np.log(e2 + 1 + 1 / e2) - 2 + np.log(2 * e2 + 1) - 2)
+  got = float(losses.moco_infonce(q, k, queue, temperature=0.5))
+  assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_moco_v3_ctr_hand_worked():
+  # Two images with orthogonal keys: each query's logits are [1/tau, 0] (own key
+  # first for query 0, second for query 1), CE = log(e^(1/tau) + 1) - 1/tau, x 2 tau.
+  q = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+  k = jnp.array([[3.0, 0.0], [0.0, 2.0]])
+  for tau in (0.5, 0.25):
+    expected = 2 * tau * (np.log(np.exp(1 / tau) + 1) - 1 / tau)
+    assert float(losses.moco_v3_ctr(q, k, temperature=tau)) == pytest.approx(expected, rel=1e-5)
+  # Swapped keys: each query's own key is now orthogonal to it and the other
+  # key aligned: logits [0, 2] with label 0, CE = log(1 + e^2), x 2 tau = 1.
+  swapped = float(losses.moco_v3_ctr(q, k[::-1], temperature=0.5))
+  assert swapped == pytest.approx(np.log(1 + np.exp(2.0)), rel=1e-6)
+
+
+def test_moco_v3_ctr_over_8_devices_equals_single_device():
+  """Keys of the global batch as negatives: pmean of the per-device loss and its
+  gradient equal the single-device ones of the whole batch."""
+  mesh = parallel.make_mesh()
+  rng = np.random.default_rng(4)
+  q, k = (jnp.asarray(rng.normal(size=(32, 8)), jnp.float32) for _ in range(2))
+
+  def local(q, k):
+    return jax.lax.pmean(losses.moco_v3_ctr(q, k, temperature=0.2, axis_name=parallel.DATA),
+                         parallel.DATA)
+
+  sharded = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P("data"), P("data")),
+                                  out_specs=P()))
+  put = lambda x: jax.device_put(x, NamedSharding(mesh, P("data")))
+  single = lambda q: losses.moco_v3_ctr(q, k, temperature=0.2)
+  np.testing.assert_allclose(sharded(put(q), put(k)), single(q), rtol=1e-5)
+  g_sharded = jax.jit(jax.grad(lambda a: sharded(a, put(k))))(put(q))
+  np.testing.assert_allclose(np.asarray(g_sharded), np.asarray(jax.grad(single)(q)),
+                             rtol=1e-4, atol=1e-7)
