@@ -11,6 +11,7 @@ RNG and the data position are functions of the step, so a resumed run continues
 exactly as an uninterrupted one would.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -135,6 +136,18 @@ def _merge(acc: Optional[dict], new: dict) -> dict:
   return new if acc is None else {k: acc[k].merge(new[k]) for k in acc}
 
 
+@contextlib.contextmanager
+def _reading(config: ml_collections.ConfigDict, when: str):
+  """Turns a tf.data read failure into an error that names the data and the fix."""
+  try:
+    yield
+  except tf.errors.OpError as e:
+    raise RuntimeError(
+        f"Reading {config.dataset} failed {when}: {e.message}. The data files may "
+        "be corrupt or incomplete: rebuild them with `tfds build` into "
+        "--config.data_dir. Checkpoints already written are kept.") from e
+
+
 def make_features_fn(method: methods.Method):
   """Jitted (features, labels) of a global eval batch; built once per run."""
 
@@ -157,8 +170,9 @@ def knn_monitor(config: ml_collections.ConfigDict, features_fn, state: TrainStat
         lambda b: multihost_utils.process_allgather(features_fn(state, b), tiled=True),
         batches)
 
-  bank, bank_labels = run(config.train_split, kc.get("num_train_examples"))
-  queries, labels = run(config.eval_split, kc.get("num_eval_examples"))
+  with _reading(config, "for the kNN monitor"):
+    bank, bank_labels = run(config.train_split, kc.get("num_train_examples"))
+    queries, labels = run(config.eval_split, kc.get("num_eval_examples"))
   return knn.knn_top1(queries, labels, bank, bank_labels, num_classes=num_classes,
                       k=kc.k, temperature=kc.temperature)
 
@@ -288,13 +302,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   with _Preemption() as preemption, mngr:  # closing waits for pending saves
     for step in range(start_step + 1, total_steps + 1):
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        try:
+        with _reading(config, f"at step {step}"):
           batch = next(train_iter)
-        except tf.errors.OpError as e:
-          raise RuntimeError(
-              f"Reading {config.dataset} failed at step {step}: {e.message}. The "
-              "data files may be corrupt or incomplete: rebuild them with `tfds "
-              "build` into --config.data_dir. The last checkpoint is kept.") from e
         state, metrics = train_step(state, parallel.host_to_global(batch, mesh), step_rng)
         acc = _merge(acc, metrics)
       report(step)

@@ -48,6 +48,25 @@ def restore_params(workdir, step):
   return mngr.restore(step)["params"]
 
 
+def preempted_run(config, workdir, monkeypatch, steps):
+  """Runs ``config`` with a SIGTERM arriving during step ``steps`` (a preemption)."""
+  make_step = train.make_train_step
+
+  def preempted_after(*args):
+    step_fn, calls = make_step(*args), []
+
+    def wrapped(*a):
+      calls.append(1)
+      if len(calls) == steps:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return step_fn(*a)
+    return wrapped
+
+  with monkeypatch.context() as m:
+    m.setattr(train, "make_train_step", preempted_after)
+    train.train_and_evaluate(config, workdir)
+
+
 def test_one_and_eight_devices_give_the_same_losses(tmp_path):
   """Global NT-Xent + global BatchNorm: splitting the batch changes nothing."""
   assert jax.device_count() == 8
@@ -70,23 +89,9 @@ def test_stopped_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
   config = tiny_config(num_devices=8)
   train.train_and_evaluate(config, str(tmp_path / "straight"))
 
-  make_step = train.make_train_step
-
-  def preempted_after_two_steps(*args):
-    step_fn, calls = make_step(*args), []
-
-    def wrapped(*a):
-      calls.append(1)
-      if len(calls) == 2:
-        os.kill(os.getpid(), signal.SIGTERM)
-      return step_fn(*a)
-    return wrapped
-
-  monkeypatch.setattr(train, "make_train_step", preempted_after_two_steps)
-  train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  preempted_run(config, str(tmp_path / "resumed"), monkeypatch, steps=2)
   assert ocp.CheckpointManager(str(tmp_path / "resumed" / "checkpoints")).all_steps() == [2]
   assert max(losses_by_step(tmp_path / "resumed")) == 2
-  monkeypatch.setattr(train, "make_train_step", make_step)
   train.train_and_evaluate(config, str(tmp_path / "resumed"))
 
   straight, resumed = losses_by_step(tmp_path / "straight"), losses_by_step(tmp_path / "resumed")
@@ -140,3 +145,19 @@ def test_unreadable_checkpoint_gives_clear_error(tmp_path):
           f.write(b"garbage")
   with pytest.raises(RuntimeError, match="Cannot read the checkpoint at step 1"):
     train.train_and_evaluate(config.copy_and_resolve_references(), str(tmp_path))
+
+
+def test_corrupt_data_file_is_named_with_the_fix(tmp_path):
+  """Garbage in the middle of the train tfrecord: a clear error, not a TF trace."""
+  import shutil
+  src = os.path.join(SHARED_TFDS, "cifar10", "3.0.2")
+  dst = tmp_path / "tfds" / "cifar10" / "3.0.2"
+  shutil.copytree(src, dst)
+  train_file = dst / "cifar10-train.tfrecord-00000-of-00001"
+  os.chmod(train_file, 0o644)
+  with open(train_file, "r+b") as f:
+    f.seek(20_000)
+    f.write(b"\xff" * 4096)
+  config = tiny_config(data_dir=str(tmp_path / "tfds"), num_devices=1)
+  with pytest.raises(RuntimeError, match="(?s)Reading cifar10 failed.*corrupt.*tfds build"):
+    train.train_and_evaluate(config, str(tmp_path / "wd"))
