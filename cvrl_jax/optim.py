@@ -7,6 +7,8 @@ import jax
 import ml_collections
 import optax
 
+from cvrl_jax.models import vit
+
 
 def scaled_learning_rate(base_lr: float, batch_size: int, scaling: str) -> float:
   """SimCLR's batch-size scaling: 'linear' = lr*B/256, 'sqrt' = lr*sqrt(B)."""
@@ -58,6 +60,14 @@ def decay_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(mask, params)
 
 
+def under_module(name: str) -> Callable[[Any], Any]:
+  """A mask function: True for the parameters inside any module called ``name``."""
+  def mask(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: any(getattr(k, "key", None) == name for k in path), params)
+  return mask
+
+
 def create_optimizer(config: ml_collections.ConfigDict, batch_size: int,
                      total_steps: int, steps_per_epoch: int
                      ) -> tuple[optax.GradientTransformation, Callable[[int], float]]:
@@ -80,4 +90,8 @@ def create_optimizer(config: ml_collections.ConfigDict, batch_size: int,
     tx = optax.adamw(schedule, weight_decay=opt.weight_decay, mask=decay_mask)
   else:
     raise ValueError(f"optimizer.name={opt.name!r}: use 'lars', 'sgd' or 'adamw'.")
+  if config.model.get("frozen_patch_embed", False):
+    # MoCo v3's random patch projection: its gradient is already zero
+    # (models/vit.py); this also keeps weight decay from shrinking it.
+    tx = optax.chain(tx, optax.masked(optax.set_to_zero(), under_module(vit.PATCH_EMBED)))
   return tx, schedule

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax import lax
 
-from cvrl_jax.models import ResNet
+from cvrl_jax.models import ResNet, ViT
 
 Params = Any
 Metrics = dict[str, jax.Array]
@@ -28,7 +28,14 @@ def pmean(x: Any, axis_name: Optional[str]) -> Any:
 
 
 def make_encoder(config: ml_collections.ConfigDict, axis_name: Optional[str]) -> nn.Module:
+  """``config.model.name``: 'resnet' (cross-replica BN over ``axis_name``) or 'vit'."""
   m = config.model
+  name = m.get("name", "resnet")
+  if name == "vit":
+    return ViT(width=m.width, depth=m.depth, num_heads=m.num_heads, patch_size=m.patch_size,
+               frozen_patch_embed=m.get("frozen_patch_embed", False))
+  if name != "resnet":
+    raise ValueError(f"config.model.name={name!r}: use 'resnet' or 'vit'.")
   return ResNet(depth=m.depth, width_multiplier=m.width_multiplier,
                 sk_ratio=m.get("sk_ratio", 0.0), stem=m.stem, axis_name=axis_name,
                 bn_momentum=m.get("bn_momentum", 0.9))
