@@ -47,17 +47,12 @@ def learning_rate_schedule(peak_lr: float, total_steps: int, warmup_steps: int,
 
 
 def decay_mask(params: Any) -> Any:
-  """True for weight matrices/kernels, False for biases, BatchNorm and the probe.
+  """True for weight matrices/kernels, False for biases and BatchNorm parameters.
 
   SimCLR and BYOL exclude biases and BN scale/offset from weight decay and from
-  LARS's trust ratio; they are exactly the 1-D parameters. The online linear
-  probe (a monitor, see methods/base.py) is excluded too, as SimCLR excludes its
-  supervised head: under LARS's trust ratio a freshly initialised linear layer
-  moves ~lr*1e-3 of its norm per step and would hardly learn in a short run.
+  LARS's trust ratio; they are exactly the 1-D parameters.
   """
-  def mask(path, p):
-    return p.ndim > 1 and not any(getattr(k, "key", None) == "probe" for k in path)
-  return jax.tree_util.tree_map_with_path(mask, params)
+  return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
 def under_module(name: str) -> Callable[[Any], Any]:
@@ -66,6 +61,19 @@ def under_module(name: str) -> Callable[[Any], Any]:
     return jax.tree_util.tree_map_with_path(
         lambda path, _: any(getattr(k, "key", None) == name for k in path), params)
   return mask
+
+
+def with_probe_optimizer(tx: optax.GradientTransformation,
+                         probe_lr: float = 1e-3) -> optax.GradientTransformation:
+  """``tx`` for the model; Adam at a fixed rate for the online probe's parameters.
+
+  The probe (methods/base.py) only monitors linear separability. Under the
+  method's optimiser it would either barely move (LARS's trust ratio) or diverge
+  (plain SGD at a large contrastive learning rate); Adam is stable at any scale.
+  """
+  in_probe = under_module("probe")
+  labels = lambda params: jax.tree.map(lambda p: "probe" if p else "model", in_probe(params))
+  return optax.multi_transform({"model": tx, "probe": optax.adam(probe_lr)}, labels)
 
 
 def create_optimizer(config: ml_collections.ConfigDict, batch_size: int,
@@ -94,4 +102,4 @@ def create_optimizer(config: ml_collections.ConfigDict, batch_size: int,
     # MoCo v3's random patch projection: its gradient is already zero
     # (models/vit.py); this also keeps weight decay from shrinking it.
     tx = optax.chain(tx, optax.masked(optax.set_to_zero(), under_module(vit.PATCH_EMBED)))
-  return tx, schedule
+  return with_probe_optimizer(tx), schedule

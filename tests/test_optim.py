@@ -32,14 +32,24 @@ def test_step_schedule_divides_by_ten():
   assert [float(s(i)) for i in (0, 59, 61, 81)] == pytest.approx([1.0, 1.0, 0.1, 0.01])
 
 
-def test_decay_mask_excludes_biases_batchnorm_and_probe():
+def test_decay_mask_excludes_biases_and_batchnorm():
   params = {"conv": {"kernel": jnp.ones((3, 3, 3, 8))}, "bn": {"scale": jnp.ones(8),
-            "bias": jnp.zeros(8)}, "dense": {"kernel": jnp.ones((8, 2)), "bias": jnp.ones(2)},
-            "probe": {"kernel": jnp.ones((8, 10)), "bias": jnp.ones(10)}}
+            "bias": jnp.zeros(8)}, "dense": {"kernel": jnp.ones((8, 2)), "bias": jnp.ones(2)}}
   mask = optim.decay_mask(params)
   assert mask == {"conv": {"kernel": True}, "bn": {"scale": False, "bias": False},
-                  "dense": {"kernel": True, "bias": False},
-                  "probe": {"kernel": False, "bias": False}}
+                  "dense": {"kernel": True, "bias": False}}
+
+
+def test_probe_gets_its_own_adam_and_the_model_lars():
+  config = simclr_v2.get_config("cifar10")
+  tx, _ = optim.create_optimizer(config, 256, total_steps=10, steps_per_epoch=5)
+  params = {"encoder": {"kernel": jnp.ones((4, 4))}, "probe": {"kernel": jnp.ones((4, 2))}}
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 100.0), params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  # Adam's first step moves every weight by its learning rate, whatever the gradient.
+  np.testing.assert_allclose(updates["probe"]["kernel"], -1e-3, rtol=1e-4)
+  # The model is at step 0 of its warm-up: learning rate 0.
+  np.testing.assert_allclose(updates["encoder"]["kernel"], 0.0)
 
 
 def test_lars_leaves_excluded_params_unadapted_and_undecayed():
