@@ -33,16 +33,16 @@ SeedLike = Union[tf.Tensor, Sequence[int]]
 Range = tuple[float, float]
 
 __all__ = [
-    "random_resized_crop",
-    "random_flip",
-    "color_jitter",
-    "color_jitter_explicit",
-    "random_grayscale",
-    "random_blur",
-    "random_solarize",
-    "simclr_view",
-    "center_crop",
-    "blur_kernel_size",
+  "random_resized_crop",
+  "random_flip",
+  "color_jitter",
+  "color_jitter_explicit",
+  "random_grayscale",
+  "random_blur",
+  "random_solarize",
+  "simclr_view",
+  "center_crop",
+  "blur_kernel_size",
 ]
 
 # Everything here is written graph-safe already (tf.cond / tf.switch_case, Python
@@ -56,67 +56,67 @@ _graph_safe = tf.autograph.experimental.do_not_convert
 
 
 def _as_seed(seed: SeedLike) -> tf.Tensor:
-    """Returns `seed` as a shape-[2] int64 tensor.
+  """Returns `seed` as a shape-[2] int64 tensor.
 
-    Always int64: `stateless_split` draws sub-seeds in the seed's dtype, so an
-    int32 and an int64 seed with equal values would otherwise give different
-    augmentations.
-    """
-    seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
-    seed.shape.assert_is_compatible_with([2])
-    return seed
+  Always int64: `stateless_split` draws sub-seeds in the seed's dtype, so an
+  int32 and an int64 seed with equal values would otherwise give different
+  augmentations.
+  """
+  seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
+  seed.shape.assert_is_compatible_with([2])
+  return seed
 
 
 def _split(seed: SeedLike, num: int) -> list[tf.Tensor]:
-    """Splits `seed` into `num` independent sub-seeds."""
-    return tf.unstack(tf.random.experimental.stateless_split(_as_seed(seed), num))
+  """Splits `seed` into `num` independent sub-seeds."""
+  return tf.unstack(tf.random.experimental.stateless_split(_as_seed(seed), num))
 
 
 def _as_float_image(image: tf.Tensor) -> tf.Tensor:
-    """Float32 in [0, 1]: a no-op for float32 input, rescales integer images."""
-    return tf.image.convert_image_dtype(tf.convert_to_tensor(image), tf.float32)
+  """Float32 in [0, 1]: a no-op for float32 input, rescales integer images."""
+  return tf.image.convert_image_dtype(tf.convert_to_tensor(image), tf.float32)
 
 
 def _clip(image: tf.Tensor) -> tf.Tensor:
-    return tf.clip_by_value(image, 0.0, 1.0)
+  return tf.clip_by_value(image, 0.0, 1.0)
 
 
 def _is_const(x) -> bool:
-    return isinstance(x, Real)
+  return isinstance(x, Real)
 
 
 def _check_prob(p, name: str = "p") -> None:
-    if _is_const(p) and not 0.0 <= p <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {p}.")
+  if _is_const(p) and not 0.0 <= p <= 1.0:
+    raise ValueError(f"{name} must be in [0, 1], got {p}.")
 
 
 def _uniform(seed: tf.Tensor, minval, maxval) -> tf.Tensor:
-    """A scalar float32 drawn from U[minval, maxval)."""
-    return tf.random.stateless_uniform(
-        [], seed, minval=minval, maxval=maxval, dtype=tf.float32)
+  """A scalar float32 drawn from U[minval, maxval)."""
+  return tf.random.stateless_uniform([], seed, minval=minval, maxval=maxval, dtype=tf.float32)
 
 
-def _random_apply(fn: Callable[[tf.Tensor], tf.Tensor], image: tf.Tensor,
-                  seed: tf.Tensor, p) -> tf.Tensor:
-    """Applies `fn` with probability `p`, coin drawn from `seed`.
+def _random_apply(
+  fn: Callable[[tf.Tensor], tf.Tensor], image: tf.Tensor, seed: tf.Tensor, p
+) -> tf.Tensor:
+  """Applies `fn` with probability `p`, coin drawn from `seed`.
 
-    For a constant p of 0 or 1 no coin is drawn: p=0 removes the op from the
-    graph entirely (disabled augmentations cost nothing), p=1 always applies it.
-    """
-    _check_prob(p)
-    if _is_const(p):
-        if p <= 0.0:
-            return image
-        if p >= 1.0:
-            return fn(image)
-    apply = tf.random.stateless_uniform([], seed, dtype=tf.float32) < p
-    return tf.cond(apply, lambda: fn(image), lambda: image)
+  For a constant p of 0 or 1 no coin is drawn: p=0 removes the op from the
+  graph entirely (disabled augmentations cost nothing), p=1 always applies it.
+  """
+  _check_prob(p)
+  if _is_const(p):
+    if p <= 0.0:
+      return image
+    if p >= 1.0:
+      return fn(image)
+  apply = tf.random.stateless_uniform([], seed, dtype=tf.float32) < p
+  return tf.cond(apply, lambda: fn(image), lambda: image)
 
 
 def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
-    """Bicubic resize to size x size (as SimCLR), clipped: bicubic overshoots."""
-    out = tf.image.resize(image, [size, size], method=tf.image.ResizeMethod.BICUBIC)
-    return _clip(out)
+  """Bicubic resize to size x size (as SimCLR), clipped: bicubic overshoots."""
+  out = tf.image.resize(image, [size, size], method=tf.image.ResizeMethod.BICUBIC)
+  return _clip(out)
 
 
 # ---------------------------------------------------------------------------
@@ -124,49 +124,58 @@ def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
 # ---------------------------------------------------------------------------
 
 
-def _sample_crop_box(image_shape: tf.Tensor, seed: SeedLike, *,
-                     area_range: Range = (0.08, 1.0),
-                     aspect_range: Range = (3 / 4, 4 / 3)) -> tf.Tensor:
-    """Samples an Inception-style crop box; returns int32 [offset_y, offset_x, h, w].
+def _sample_crop_box(
+  image_shape: tf.Tensor,
+  seed: SeedLike,
+  *,
+  area_range: Range = (0.08, 1.0),
+  aspect_range: Range = (3 / 4, 4 / 3),
+) -> tf.Tensor:
+  """Samples an Inception-style crop box; returns int32 [offset_y, offset_x, h, w].
 
-    `tf.image.stateless_sample_distorted_bounding_box` draws the aspect ratio
-    (width / height, in pixels) *uniformly* from `aspect_range` -- as SimCLR's
-    TF code does, not log-uniformly as torchvision -- then a height so that the
-    area fraction lies in `area_range`. After 100 failed attempts it falls
-    back to the whole image. `min_object_covered=0` so that `area_range` alone
-    bounds the crop (SimCLR's default of 0.1 silently raises the 0.08 floor).
-    """
-    if not 0.0 < area_range[0] <= area_range[1] <= 1.0:
-        raise ValueError(f"area_range must satisfy 0 < lo <= hi <= 1, got {area_range}.")
-    if not 0.0 < aspect_range[0] <= aspect_range[1]:
-        raise ValueError(f"aspect_range must satisfy 0 < lo <= hi, got {aspect_range}.")
-    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        image_size=image_shape,
-        bounding_boxes=tf.zeros([1, 0, 4], tf.float32),  # none: use whole image
-        seed=_as_seed(seed),
-        min_object_covered=0.0,
-        aspect_ratio_range=aspect_range,
-        area_range=area_range,
-        max_attempts=100,
-        use_image_if_no_bounding_boxes=True)
-    return tf.cast(tf.stack([begin[0], begin[1], size[0], size[1]]), tf.int32)
+  `tf.image.stateless_sample_distorted_bounding_box` draws the aspect ratio
+  (width / height, in pixels) *uniformly* from `aspect_range` -- as SimCLR's
+  TF code does, not log-uniformly as torchvision -- then a height so that the
+  area fraction lies in `area_range`. After 100 failed attempts it falls
+  back to the whole image. `min_object_covered=0` so that `area_range` alone
+  bounds the crop (SimCLR's default of 0.1 silently raises the 0.08 floor).
+  """
+  if not 0.0 < area_range[0] <= area_range[1] <= 1.0:
+    raise ValueError(f"area_range must satisfy 0 < lo <= hi <= 1, got {area_range}.")
+  if not 0.0 < aspect_range[0] <= aspect_range[1]:
+    raise ValueError(f"aspect_range must satisfy 0 < lo <= hi, got {aspect_range}.")
+  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+    image_size=image_shape,
+    bounding_boxes=tf.zeros([1, 0, 4], tf.float32),  # none: use whole image
+    seed=_as_seed(seed),
+    min_object_covered=0.0,
+    aspect_ratio_range=aspect_range,
+    area_range=area_range,
+    max_attempts=100,
+    use_image_if_no_bounding_boxes=True,
+  )
+  return tf.cast(tf.stack([begin[0], begin[1], size[0], size[1]]), tf.int32)
 
 
 @_graph_safe
-def random_resized_crop(image: tf.Tensor, seed: SeedLike, *, size: int,
-                        area_range: Range = (0.08, 1.0),
-                        aspect_range: Range = (3 / 4, 4 / 3)) -> tf.Tensor:
-    """Random crop + resize, SimCLR's main augmentation ("crop and resize").
+def random_resized_crop(
+  image: tf.Tensor,
+  seed: SeedLike,
+  *,
+  size: int,
+  area_range: Range = (0.08, 1.0),
+  aspect_range: Range = (3 / 4, 4 / 3),
+) -> tf.Tensor:
+  """Random crop + resize, SimCLR's main augmentation ("crop and resize").
 
-    A box covering `area_range` of the image (SimCLR: 8%-100%) with aspect
-    ratio in `aspect_range` (3/4-4/3, sampled uniformly; see `_sample_crop_box`)
-    is cut out and resized bicubically to `size` x `size`.
-    """
-    image = _as_float_image(image)
-    box = _sample_crop_box(tf.shape(image), seed, area_range=area_range,
-                           aspect_range=aspect_range)
-    crop = tf.slice(image, [box[0], box[1], 0], [box[2], box[3], -1])
-    return _resize(crop, size)
+  A box covering `area_range` of the image (SimCLR: 8%-100%) with aspect
+  ratio in `aspect_range` (3/4-4/3, sampled uniformly; see `_sample_crop_box`)
+  is cut out and resized bicubically to `size` x `size`.
+  """
+  image = _as_float_image(image)
+  box = _sample_crop_box(tf.shape(image), seed, area_range=area_range, aspect_range=aspect_range)
+  crop = tf.slice(image, [box[0], box[1], 0], [box[2], box[3], -1])
+  return _resize(crop, size)
 
 
 # ---------------------------------------------------------------------------
@@ -176,9 +185,9 @@ def random_resized_crop(image: tf.Tensor, seed: SeedLike, *, size: int,
 
 @_graph_safe
 def random_flip(image: tf.Tensor, seed: SeedLike) -> tf.Tensor:
-    """Horizontal flip with probability 0.5 (applied together with the crop in SimCLR)."""
-    image = _as_float_image(image)
-    return tf.image.stateless_random_flip_left_right(image, _as_seed(seed))
+  """Horizontal flip with probability 0.5 (applied together with the crop in SimCLR)."""
+  image = _as_float_image(image)
+  return tf.image.stateless_random_flip_left_right(image, _as_seed(seed))
 
 
 # ---------------------------------------------------------------------------
@@ -187,85 +196,101 @@ def random_flip(image: tf.Tensor, seed: SeedLike) -> tf.Tensor:
 
 
 def _jitter_order(seed: SeedLike, num: int = 4) -> tf.Tensor:
-    """A random permutation of `num` colour ops (SimCLR applies them in random order)."""
-    return tf.argsort(tf.random.stateless_uniform([num], _as_seed(seed)))
+  """A random permutation of `num` colour ops (SimCLR applies them in random order)."""
+  return tf.argsort(tf.random.stateless_uniform([num], _as_seed(seed)))
 
 
 @_graph_safe
-def color_jitter_explicit(image: tf.Tensor, seed: SeedLike, *, brightness: float,
-                          contrast: float, saturation: float, hue: float,
-                          p: float = 0.8) -> tf.Tensor:
-    """Colour jitter with separate strengths (MoCo v2: 0.4, 0.4, 0.4, 0.1), prob. `p`.
+def color_jitter_explicit(
+  image: tf.Tensor,
+  seed: SeedLike,
+  *,
+  brightness: float,
+  contrast: float,
+  saturation: float,
+  hue: float,
+  p: float = 0.8,
+) -> tf.Tensor:
+  """Colour jitter with separate strengths (MoCo v2: 0.4, 0.4, 0.4, 0.1), prob. `p`.
 
-    Factors: brightness multiplies by U[max(0, 1-b), 1+b] (SimCLR v2 style);
-    contrast and saturation use U[max(0, 1-c), 1+c] (clamped at 0 so strong
-    settings never invert the image); hue shifts by U[-h, h] with h <= 0.5.
-    The four ops run in a random order per image, clipping to [0, 1] after each.
-    A strength of 0 drops that op (exact identity).
-    """
-    for name, value in (("brightness", brightness), ("contrast", contrast),
-                        ("saturation", saturation), ("hue", hue)):
-        if _is_const(value) and value < 0:
-            raise ValueError(f"{name} must be >= 0, got {value}.")
-    image = _as_float_image(image)
-    if all(_is_const(v) and v == 0 for v in (brightness, contrast, saturation, hue)):
-        return image
-    coin_seed, order_seed, b_seed, c_seed, s_seed, h_seed = _split(seed, 6)
+  Factors: brightness multiplies by U[max(0, 1-b), 1+b] (SimCLR v2 style);
+  contrast and saturation use U[max(0, 1-c), 1+c] (clamped at 0 so strong
+  settings never invert the image); hue shifts by U[-h, h] with h <= 0.5.
+  The four ops run in a random order per image, clipping to [0, 1] after each.
+  A strength of 0 drops that op (exact identity).
+  """
+  for name, value in (
+    ("brightness", brightness),
+    ("contrast", contrast),
+    ("saturation", saturation),
+    ("hue", hue),
+  ):
+    if _is_const(value) and value < 0:
+      raise ValueError(f"{name} must be >= 0, got {value}.")
+  image = _as_float_image(image)
+  if all(_is_const(v) and v == 0 for v in (brightness, contrast, saturation, hue)):
+    return image
+  coin_seed, order_seed, b_seed, c_seed, s_seed, h_seed = _split(seed, 6)
 
-    def active(strength) -> bool:
-        return not (_is_const(strength) and strength == 0)
+  def active(strength) -> bool:
+    return not (_is_const(strength) and strength == 0)
 
-    # Factors are drawn up front, one sub-seed per op, so they do not depend on
-    # the order in which the ops happen to run.
-    ops = []
-    if active(brightness):
-        b = _uniform(b_seed, tf.maximum(1.0 - brightness, 0.0), 1.0 + brightness)
-        ops.append(lambda x: _clip(x * b))
-    if active(contrast):
-        c = _uniform(c_seed, tf.maximum(1.0 - contrast, 0.0), 1.0 + contrast)
-        ops.append(lambda x: _clip(tf.image.adjust_contrast(x, c)))
-    if active(saturation):
-        s = _uniform(s_seed, tf.maximum(1.0 - saturation, 0.0), 1.0 + saturation)
-        ops.append(lambda x: _clip(tf.image.adjust_saturation(x, s)))
-    if active(hue):
-        h_max = tf.minimum(tf.cast(hue, tf.float32), 0.5)
-        h = _uniform(h_seed, -h_max, h_max)
-        ops.append(lambda x: _clip(tf.image.adjust_hue(x, h)))
+  # Factors are drawn up front, one sub-seed per op, so they do not depend on
+  # the order in which the ops happen to run.
+  ops = []
+  if active(brightness):
+    b = _uniform(b_seed, tf.maximum(1.0 - brightness, 0.0), 1.0 + brightness)
+    ops.append(lambda x: _clip(x * b))
+  if active(contrast):
+    c = _uniform(c_seed, tf.maximum(1.0 - contrast, 0.0), 1.0 + contrast)
+    ops.append(lambda x: _clip(tf.image.adjust_contrast(x, c)))
+  if active(saturation):
+    s = _uniform(s_seed, tf.maximum(1.0 - saturation, 0.0), 1.0 + saturation)
+    ops.append(lambda x: _clip(tf.image.adjust_saturation(x, s)))
+  if active(hue):
+    h_max = tf.minimum(tf.cast(hue, tf.float32), 0.5)
+    h = _uniform(h_seed, -h_max, h_max)
+    ops.append(lambda x: _clip(tf.image.adjust_hue(x, h)))
 
-    def jitter(x: tf.Tensor) -> tf.Tensor:
-        if len(ops) == 1:
-            return ops[0](x)
-        # Random permutation of the active ops, then one switch per position.
-        order = _jitter_order(order_seed, len(ops))
-        for i in range(len(ops)):
-            x = tf.switch_case(order[i], [lambda op=op: op(x) for op in ops])
-        return x
+  def jitter(x: tf.Tensor) -> tf.Tensor:
+    if len(ops) == 1:
+      return ops[0](x)
+    # Random permutation of the active ops, then one switch per position.
+    order = _jitter_order(order_seed, len(ops))
+    for i in range(len(ops)):
+      x = tf.switch_case(order[i], [lambda op=op: op(x) for op in ops])
+    return x
 
-    return _random_apply(jitter, image, coin_seed, p)
+  return _random_apply(jitter, image, coin_seed, p)
 
 
 @_graph_safe
-def color_jitter(image: tf.Tensor, seed: SeedLike, *, strength: float,
-                 p: float = 0.8) -> tf.Tensor:
-    """SimCLR colour distortion of strength `s` (1.0 for ImageNet, 0.5 for CIFAR).
+def color_jitter(image: tf.Tensor, seed: SeedLike, *, strength: float, p: float = 0.8) -> tf.Tensor:
+  """SimCLR colour distortion of strength `s` (1.0 for ImageNet, 0.5 for CIFAR).
 
-    Equivalent to `color_jitter_explicit` with brightness = contrast =
-    saturation = 0.8 s and hue = 0.2 s, applied with probability `p`.
-    """
-    return color_jitter_explicit(
-        image, seed, brightness=0.8 * strength, contrast=0.8 * strength,
-        saturation=0.8 * strength, hue=0.2 * strength, p=p)
+  Equivalent to `color_jitter_explicit` with brightness = contrast =
+  saturation = 0.8 s and hue = 0.2 s, applied with probability `p`.
+  """
+  return color_jitter_explicit(
+    image,
+    seed,
+    brightness=0.8 * strength,
+    contrast=0.8 * strength,
+    saturation=0.8 * strength,
+    hue=0.2 * strength,
+    p=p,
+  )
 
 
 @_graph_safe
 def random_grayscale(image: tf.Tensor, seed: SeedLike, *, p: float = 0.2) -> tf.Tensor:
-    """Converts to grayscale (kept as 3 channels) with probability `p` (SimCLR: 0.2)."""
-    image = _as_float_image(image)
+  """Converts to grayscale (kept as 3 channels) with probability `p` (SimCLR: 0.2)."""
+  image = _as_float_image(image)
 
-    def gray(x: tf.Tensor) -> tf.Tensor:
-        return _clip(tf.tile(tf.image.rgb_to_grayscale(x), [1, 1, 3]))
+  def gray(x: tf.Tensor) -> tf.Tensor:
+    return _clip(tf.tile(tf.image.rgb_to_grayscale(x), [1, 1, 3]))
 
-    return _random_apply(gray, image, _as_seed(seed), p)
+  return _random_apply(gray, image, _as_seed(seed), p)
 
 
 # ---------------------------------------------------------------------------
@@ -274,65 +299,66 @@ def random_grayscale(image: tf.Tensor, seed: SeedLike, *, p: float = 0.2) -> tf.
 
 
 def blur_kernel_size(side: int) -> int:
-    """Blur kernel size: 10% of the image side, made odd (SimCLR), at least 3.
+  """Blur kernel size: 10% of the image side, made odd (SimCLR), at least 3.
 
-    radius = side // 20, kernel = 2 * radius + 1; e.g. 224 -> 23, 32 -> 3.
-    """
-    return 2 * max(int(side) // 20, 1) + 1
+  radius = side // 20, kernel = 2 * radius + 1; e.g. 224 -> 23, 32 -> 3.
+  """
+  return 2 * max(int(side) // 20, 1) + 1
 
 
 def _blur_radius(image: tf.Tensor):
-    """Kernel radius from the image height: a Python int if static, else a tensor."""
-    height = image.shape[0]
-    if height is not None:
-        return (blur_kernel_size(height) - 1) // 2
-    return tf.maximum(tf.shape(image)[0] // 20, 1)
+  """Kernel radius from the image height: a Python int if static, else a tensor."""
+  height = image.shape[0]
+  if height is not None:
+    return (blur_kernel_size(height) - 1) // 2
+  return tf.maximum(tf.shape(image)[0] // 20, 1)
 
 
 def _sample_blur_sigma(seed: SeedLike, sigma_range: Range = (0.1, 2.0)) -> tf.Tensor:
-    """Blur standard deviation ~ U[sigma_range] (SimCLR: [0.1, 2.0] pixels)."""
-    return _uniform(_as_seed(seed), sigma_range[0], sigma_range[1])
+  """Blur standard deviation ~ U[sigma_range] (SimCLR: [0.1, 2.0] pixels)."""
+  return _uniform(_as_seed(seed), sigma_range[0], sigma_range[1])
 
 
 def _gaussian_kernel(radius, sigma: tf.Tensor) -> tf.Tensor:
-    """Normalised 1-D Gaussian weights on [-radius, radius]."""
-    x = tf.cast(tf.range(-radius, radius + 1), tf.float32)
-    weights = tf.exp(-tf.square(x) / (2.0 * tf.square(tf.cast(sigma, tf.float32))))
-    return weights / tf.reduce_sum(weights)
+  """Normalised 1-D Gaussian weights on [-radius, radius]."""
+  x = tf.cast(tf.range(-radius, radius + 1), tf.float32)
+  weights = tf.exp(-tf.square(x) / (2.0 * tf.square(tf.cast(sigma, tf.float32))))
+  return weights / tf.reduce_sum(weights)
 
 
 def _gaussian_blur(image: tf.Tensor, sigma: tf.Tensor, radius) -> tf.Tensor:
-    """Separable Gaussian blur with reflect padding (keeps borders unbiased)."""
-    channels = image.shape[-1] if image.shape[-1] is not None else 3
-    kernel = _gaussian_kernel(radius, sigma)
-    k_vert = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, channels, 1])
-    k_horiz = tf.tile(tf.reshape(kernel, [1, -1, 1, 1]), [1, 1, channels, 1])
-    padded = tf.pad(image, [[radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
-    x = padded[tf.newaxis]
-    x = tf.nn.depthwise_conv2d(x, k_vert, strides=[1, 1, 1, 1], padding="VALID")
-    x = tf.nn.depthwise_conv2d(x, k_horiz, strides=[1, 1, 1, 1], padding="VALID")
-    return tf.reshape(_clip(x[0]), tf.shape(image))
+  """Separable Gaussian blur with reflect padding (keeps borders unbiased)."""
+  channels = image.shape[-1] if image.shape[-1] is not None else 3
+  kernel = _gaussian_kernel(radius, sigma)
+  k_vert = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, channels, 1])
+  k_horiz = tf.tile(tf.reshape(kernel, [1, -1, 1, 1]), [1, 1, channels, 1])
+  padded = tf.pad(image, [[radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
+  x = padded[tf.newaxis]
+  x = tf.nn.depthwise_conv2d(x, k_vert, strides=[1, 1, 1, 1], padding="VALID")
+  x = tf.nn.depthwise_conv2d(x, k_horiz, strides=[1, 1, 1, 1], padding="VALID")
+  return tf.reshape(_clip(x[0]), tf.shape(image))
 
 
 @_graph_safe
-def random_blur(image: tf.Tensor, seed: SeedLike, *, p: float = 0.5,
-                sigma_range: Range = (0.1, 2.0)) -> tf.Tensor:
-    """Gaussian blur with probability `p` (SimCLR ImageNet: 0.5; off for CIFAR).
+def random_blur(
+  image: tf.Tensor, seed: SeedLike, *, p: float = 0.5, sigma_range: Range = (0.1, 2.0)
+) -> tf.Tensor:
+  """Gaussian blur with probability `p` (SimCLR ImageNet: 0.5; off for CIFAR).
 
-    Kernel size is 10% of the image height (`blur_kernel_size`), sigma is
-    drawn from U[sigma_range]; separable depthwise convolution, reflect padding.
-    """
-    if not 0.0 < sigma_range[0] <= sigma_range[1]:
-        raise ValueError(f"sigma_range must satisfy 0 < lo <= hi, got {sigma_range}.")
-    image = _as_float_image(image)
-    coin_seed, sigma_seed = _split(seed, 2)
-    radius = _blur_radius(image)
+  Kernel size is 10% of the image height (`blur_kernel_size`), sigma is
+  drawn from U[sigma_range]; separable depthwise convolution, reflect padding.
+  """
+  if not 0.0 < sigma_range[0] <= sigma_range[1]:
+    raise ValueError(f"sigma_range must satisfy 0 < lo <= hi, got {sigma_range}.")
+  image = _as_float_image(image)
+  coin_seed, sigma_seed = _split(seed, 2)
+  radius = _blur_radius(image)
 
-    def blur(x: tf.Tensor) -> tf.Tensor:
-        out = _gaussian_blur(x, _sample_blur_sigma(sigma_seed, sigma_range), radius)
-        return tf.ensure_shape(out, x.shape)
+  def blur(x: tf.Tensor) -> tf.Tensor:
+    out = _gaussian_blur(x, _sample_blur_sigma(sigma_seed, sigma_range), radius)
+    return tf.ensure_shape(out, x.shape)
 
-    return _random_apply(blur, image, coin_seed, p)
+  return _random_apply(blur, image, coin_seed, p)
 
 
 # ---------------------------------------------------------------------------
@@ -341,15 +367,16 @@ def random_blur(image: tf.Tensor, seed: SeedLike, *, p: float = 0.5,
 
 
 @_graph_safe
-def random_solarize(image: tf.Tensor, seed: SeedLike, *, p: float,
-                    threshold: float = 0.5) -> tf.Tensor:
-    """Inverts pixels at or above `threshold` with probability `p` (BYOL: 0.0 / 0.2)."""
-    image = _as_float_image(image)
+def random_solarize(
+  image: tf.Tensor, seed: SeedLike, *, p: float, threshold: float = 0.5
+) -> tf.Tensor:
+  """Inverts pixels at or above `threshold` with probability `p` (BYOL: 0.0 / 0.2)."""
+  image = _as_float_image(image)
 
-    def solarize(x: tf.Tensor) -> tf.Tensor:
-        return tf.where(x < threshold, x, 1.0 - x)
+  def solarize(x: tf.Tensor) -> tf.Tensor:
+    return tf.where(x < threshold, x, 1.0 - x)
 
-    return _random_apply(solarize, image, _as_seed(seed), p)
+  return _random_apply(solarize, image, _as_seed(seed), p)
 
 
 # ---------------------------------------------------------------------------
@@ -358,55 +385,67 @@ def random_solarize(image: tf.Tensor, seed: SeedLike, *, p: float,
 
 
 @_graph_safe
-def simclr_view(image: tf.Tensor, seed: SeedLike, *, size: int,
-                crop_area: Range = (0.08, 1.0), flip: bool = True,
-                color_strength: float = 1.0,
-                color_jitter_strengths: tuple[float, float, float, float] | None = None,
-                color_p: float = 0.8, grayscale_p: float = 0.2,
-                blur_p: float = 0.5, solarize_p: float = 0.0) -> tf.Tensor:
-    """One augmented view: crop -> flip -> colour jitter -> grayscale -> blur -> solarize.
+def simclr_view(
+  image: tf.Tensor,
+  seed: SeedLike,
+  *,
+  size: int,
+  crop_area: Range = (0.08, 1.0),
+  flip: bool = True,
+  color_strength: float = 1.0,
+  color_jitter_strengths: tuple[float, float, float, float] | None = None,
+  color_p: float = 0.8,
+  grayscale_p: float = 0.2,
+  blur_p: float = 0.5,
+  solarize_p: float = 0.0,
+) -> tf.Tensor:
+  """One augmented view: crop -> flip -> colour jitter -> grayscale -> blur -> solarize.
 
-    Defaults are SimCLR's ImageNet recipe; CIFAR uses color_strength=0.5,
-    blur_p=0. BYOL / MoCo v3 use asymmetric blur_p / solarize_p per view.
-    `color_jitter_strengths=(b, c, s, h)` overrides `color_strength` (MoCo v2:
-    (0.4, 0.4, 0.4, 0.1)). Each stage has its own sub-seed; ops with p=0 are
-    left out of the graph.
-    """
-    if color_jitter_strengths is not None and len(color_jitter_strengths) != 4:
-        raise ValueError("color_jitter_strengths must be (brightness, contrast, "
-                         f"saturation, hue), got {color_jitter_strengths}.")
-    crop_seed, flip_seed, color_seed, gray_seed, blur_seed, sol_seed = _split(seed, 6)
-    x = random_resized_crop(image, crop_seed, size=size, area_range=crop_area)
-    if flip:
-        x = random_flip(x, flip_seed)
-    if color_jitter_strengths is not None:
-        b, c, s, h = color_jitter_strengths
-        x = color_jitter_explicit(x, color_seed, brightness=b, contrast=c,
-                                  saturation=s, hue=h, p=color_p)
-    else:
-        x = color_jitter(x, color_seed, strength=color_strength, p=color_p)
-    x = random_grayscale(x, gray_seed, p=grayscale_p)
-    x = random_blur(x, blur_seed, p=blur_p)
-    x = random_solarize(x, sol_seed, p=solarize_p)
-    return x
+  Defaults are SimCLR's ImageNet recipe; CIFAR uses color_strength=0.5,
+  blur_p=0. BYOL / MoCo v3 use asymmetric blur_p / solarize_p per view.
+  `color_jitter_strengths=(b, c, s, h)` overrides `color_strength` (MoCo v2:
+  (0.4, 0.4, 0.4, 0.1)). Each stage has its own sub-seed; ops with p=0 are
+  left out of the graph.
+  """
+  if color_jitter_strengths is not None and len(color_jitter_strengths) != 4:
+    raise ValueError(
+      "color_jitter_strengths must be (brightness, contrast, "
+      f"saturation, hue), got {color_jitter_strengths}."
+    )
+  crop_seed, flip_seed, color_seed, gray_seed, blur_seed, sol_seed = _split(seed, 6)
+  x = random_resized_crop(image, crop_seed, size=size, area_range=crop_area)
+  if flip:
+    x = random_flip(x, flip_seed)
+  if color_jitter_strengths is not None:
+    b, c, s, h = color_jitter_strengths
+    x = color_jitter_explicit(
+      x, color_seed, brightness=b, contrast=c, saturation=s, hue=h, p=color_p
+    )
+  else:
+    x = color_jitter(x, color_seed, strength=color_strength, p=color_p)
+  x = random_grayscale(x, gray_seed, p=grayscale_p)
+  x = random_blur(x, blur_seed, p=blur_p)
+  x = random_solarize(x, sol_seed, p=solarize_p)
+  return x
 
 
 @_graph_safe
 def center_crop(image: tf.Tensor, *, size: int, crop_proportion: float = 0.875) -> tf.Tensor:
-    """Eval preprocessing: central square of `crop_proportion` of the shorter side, resized.
+  """Eval preprocessing: central square of `crop_proportion` of the shorter side, resized.
 
-    0.875 is the usual ImageNet ratio (224 / 256); for small images such as
-    CIFAR at their native size the caller passes crop_proportion=1.0.
-    """
-    if not 0.0 < crop_proportion <= 1.0:
-        raise ValueError(f"crop_proportion must be in (0, 1], got {crop_proportion}.")
-    image = _as_float_image(image)
-    shape = tf.shape(image)
-    height, width = shape[0], shape[1]
-    side = tf.cast(tf.round(crop_proportion * tf.cast(tf.minimum(height, width), tf.float32)),
-                   tf.int32)
-    side = tf.maximum(side, 1)
-    top = (height - side) // 2
-    left = (width - side) // 2
-    crop = tf.slice(image, [top, left, 0], [side, side, -1])
-    return _resize(crop, size)
+  0.875 is the usual ImageNet ratio (224 / 256); for small images such as
+  CIFAR at their native size the caller passes crop_proportion=1.0.
+  """
+  if not 0.0 < crop_proportion <= 1.0:
+    raise ValueError(f"crop_proportion must be in (0, 1], got {crop_proportion}.")
+  image = _as_float_image(image)
+  shape = tf.shape(image)
+  height, width = shape[0], shape[1]
+  side = tf.cast(
+    tf.round(crop_proportion * tf.cast(tf.minimum(height, width), tf.float32)), tf.int32
+  )
+  side = tf.maximum(side, 1)
+  top = (height - side) // 2
+  left = (width - side) // 2
+  crop = tf.slice(image, [top, left, 0], [side, side, -1])
+  return _resize(crop, size)

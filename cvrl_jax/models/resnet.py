@@ -51,23 +51,23 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 __all__ = [
-    "ResNet",
-    "BasicBlock",
-    "BottleneckBlock",
-    "SelectiveKernelConv",
-    "resnet",
-    "feature_dim",
-    "STAGE_SIZES",
+  "ResNet",
+  "BasicBlock",
+  "BottleneckBlock",
+  "SelectiveKernelConv",
+  "resnet",
+  "feature_dim",
+  "STAGE_SIZES",
 ]
 
 # depth -> (blocks per stage, uses bottleneck blocks)
 STAGE_SIZES: dict[int, tuple[tuple[int, ...], bool]] = {
-    18: ((2, 2, 2, 2), False),
-    34: ((3, 4, 6, 3), False),
-    50: ((3, 4, 6, 3), True),
-    101: ((3, 4, 23, 3), True),
-    152: ((3, 8, 36, 3), True),
-    200: ((3, 24, 36, 3), True),
+  18: ((2, 2, 2, 2), False),
+  34: ((3, 4, 6, 3), False),
+  50: ((3, 4, 6, 3), True),
+  101: ((3, 4, 23, 3), True),
+  152: ((3, 8, 36, 3), True),
+  200: ((3, 24, 36, 3), True),
 }
 
 # He init, fan_out, untruncated normal (torchvision's kaiming_normal_ fan_out).
@@ -75,250 +75,254 @@ conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def _check_depth(depth: int) -> tuple[tuple[int, ...], bool]:
-    if depth not in STAGE_SIZES:
-        raise ValueError(
-            f"Unsupported ResNet depth {depth}; choose one of {sorted(STAGE_SIZES)}.")
-    return STAGE_SIZES[depth]
+  if depth not in STAGE_SIZES:
+    raise ValueError(f"Unsupported ResNet depth {depth}; choose one of {sorted(STAGE_SIZES)}.")
+  return STAGE_SIZES[depth]
 
 
 def _channels(base: int, width_multiplier: float) -> int:
-    c = int(base * width_multiplier)
-    if c < 1:
-        raise ValueError(f"width_multiplier {width_multiplier} gives no channels.")
-    return c
+  c = int(base * width_multiplier)
+  if c < 1:
+    raise ValueError(f"width_multiplier {width_multiplier} gives no channels.")
+  return c
 
 
 def feature_dim(depth: int, width_multiplier: float = 1) -> int:
-    """Channels of the pooled ResNet output: 512*w for 18/34, 2048*w for 50+."""
-    _, bottleneck = _check_depth(depth)
-    return (4 if bottleneck else 1) * _channels(512, width_multiplier)
+  """Channels of the pooled ResNet output: 512*w for 18/34, 2048*w for 50+."""
+  _, bottleneck = _check_depth(depth)
+  return (4 if bottleneck else 1) * _channels(512, width_multiplier)
 
 
 def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str | None = None):
-    pad = kernel // 2
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
-        use_bias=False,
-        kernel_init=conv_init,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        name=name,
-    )
+  pad = kernel // 2
+  return nn.Conv(
+    features,
+    (kernel, kernel),
+    strides=(stride, stride),
+    padding=((pad, pad), (pad, pad)),
+    use_bias=False,
+    kernel_init=conv_init,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    name=name,
+  )
 
 
 def _bn(m: nn.Module, train: bool, zero_init: bool = False, name: str | None = None):
-    """BatchNorm configured from module ``m``'s bn_momentum/bn_epsilon/axis_name/dtype.
+  """BatchNorm configured from module ``m``'s bn_momentum/bn_epsilon/axis_name/dtype.
 
-    Cross-replica statistics (``axis_name``) only in training; eval uses the
-    running averages. ``zero_init`` sets gamma to 0 (last BN of a block).
-    """
-    return nn.BatchNorm(
-        use_running_average=not train,
-        axis_name=m.axis_name if train else None,
-        momentum=m.bn_momentum,
-        epsilon=m.bn_epsilon,
-        dtype=m.dtype,
-        param_dtype=jnp.float32,
-        scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones,
-        name=name,
-    )
+  Cross-replica statistics (``axis_name``) only in training; eval uses the
+  running averages. ``zero_init`` sets gamma to 0 (last BN of a block).
+  """
+  return nn.BatchNorm(
+    use_running_average=not train,
+    axis_name=m.axis_name if train else None,
+    momentum=m.bn_momentum,
+    epsilon=m.bn_epsilon,
+    dtype=m.dtype,
+    param_dtype=jnp.float32,
+    scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones,
+    name=name,
+  )
 
 
 class SelectiveKernelConv(nn.Module):
-    """SimCLR v2 selective-kernel conv replacing a 3x3 conv (+BN+ReLU).
+  """SimCLR v2 selective-kernel conv replacing a 3x3 conv (+BN+ReLU).
 
-    Outputs ``filters`` channels. Ends with the BN+ReLU of its two paths (as
-    SimCLR v2's ``sk_conv2d``), so callers add no BN/ReLU after it.
-    """
+  Outputs ``filters`` channels. Ends with the BN+ReLU of its two paths (as
+  SimCLR v2's ``sk_conv2d``), so callers add no BN/ReLU after it.
+  """
 
-    filters: int
-    strides: int = 1
-    sk_ratio: float = 0.0625
-    min_dim: int = 32
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    axis_name: str | None = None
-    dtype: Any = jnp.float32
+  filters: int
+  strides: int = 1
+  sk_ratio: float = 0.0625
+  min_dim: int = 32
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  axis_name: str | None = None
+  dtype: Any = jnp.float32
 
-    @nn.compact
-    def __call__(self, x, train: bool):
-        # Two streams from a single conv with 2x outputs, split along channels.
-        x = _conv(2 * self.filters, 3, self.strides, self.dtype, name="conv")(x)
-        x = nn.relu(_bn(self, train, name="bn")(x))
-        paths = jnp.stack(jnp.split(x, 2, axis=-1), axis=0)  # [2, N, H, W, C]
+  @nn.compact
+  def __call__(self, x, train: bool):
+    # Two streams from a single conv with 2x outputs, split along channels.
+    x = _conv(2 * self.filters, 3, self.strides, self.dtype, name="conv")(x)
+    x = nn.relu(_bn(self, train, name="bn")(x))
+    paths = jnp.stack(jnp.split(x, 2, axis=-1), axis=0)  # [2, N, H, W, C]
 
-        # Mixing weights from globally pooled features.
-        mid = max(int(self.filters * self.sk_ratio), self.min_dim)
-        g = jnp.mean(paths.sum(axis=0).astype(jnp.float32), axis=(1, 2),
-                     keepdims=True)  # [N, 1, 1, C]
-        g = _conv(mid, 1, 1, self.dtype, name="fc")(g)
-        g = nn.relu(_bn(self, train, name="fc_bn")(g))
-        logits = _conv(2 * self.filters, 1, 1, self.dtype, name="attn")(g)
-        logits = jnp.stack(jnp.split(logits, 2, axis=-1), axis=0)  # [2,N,1,1,C]
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=0)
-        return (paths * weights.astype(paths.dtype)).sum(axis=0)
+    # Mixing weights from globally pooled features.
+    mid = max(int(self.filters * self.sk_ratio), self.min_dim)
+    g = jnp.mean(paths.sum(axis=0).astype(jnp.float32), axis=(1, 2), keepdims=True)  # [N, 1, 1, C]
+    g = _conv(mid, 1, 1, self.dtype, name="fc")(g)
+    g = nn.relu(_bn(self, train, name="fc_bn")(g))
+    logits = _conv(2 * self.filters, 1, 1, self.dtype, name="attn")(g)
+    logits = jnp.stack(jnp.split(logits, 2, axis=-1), axis=0)  # [2,N,1,1,C]
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=0)
+    return (paths * weights.astype(paths.dtype)).sum(axis=0)
 
 
 class _BlockBase(nn.Module):
-    filters: int                   # 3x3 conv width; block output = expansion*filters
-    strides: int = 1
-    sk_ratio: float = 0.0
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    axis_name: str | None = None
-    dtype: Any = jnp.float32
+  filters: int  # 3x3 conv width; block output = expansion*filters
+  strides: int = 1
+  sk_ratio: float = 0.0
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  axis_name: str | None = None
+  dtype: Any = jnp.float32
 
-    def conv3x3_bn_relu(self, x, strides: int, train: bool, conv_name: str,
-                        bn_name: str):
-        """3x3 conv + BN + ReLU, or a selective-kernel conv when ``sk_ratio > 0``.
+  def conv3x3_bn_relu(self, x, strides: int, train: bool, conv_name: str, bn_name: str):
+    """3x3 conv + BN + ReLU, or a selective-kernel conv when ``sk_ratio > 0``.
 
-        The SK conv already ends in BN + ReLU (on its two paths) and, as in
-        SimCLR v2, gets no further BN/ReLU: its params live under ``conv_name``
-        and there is no ``bn_name`` entry.
-        """
-        if self.sk_ratio > 0:
-            return SelectiveKernelConv(
-                self.filters, strides, self.sk_ratio,
-                bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                axis_name=self.axis_name, dtype=self.dtype, name=conv_name)(x, train)
-        x = _conv(self.filters, 3, strides, self.dtype, name=conv_name)(x)
-        return nn.relu(_bn(self, train, name=bn_name)(x))
+    The SK conv already ends in BN + ReLU (on its two paths) and, as in
+    SimCLR v2, gets no further BN/ReLU: its params live under ``conv_name``
+    and there is no ``bn_name`` entry.
+    """
+    if self.sk_ratio > 0:
+      return SelectiveKernelConv(
+        self.filters,
+        strides,
+        self.sk_ratio,
+        bn_momentum=self.bn_momentum,
+        bn_epsilon=self.bn_epsilon,
+        axis_name=self.axis_name,
+        dtype=self.dtype,
+        name=conv_name,
+      )(x, train)
+    x = _conv(self.filters, 3, strides, self.dtype, name=conv_name)(x)
+    return nn.relu(_bn(self, train, name=bn_name)(x))
 
-    def shortcut(self, x, out_features: int, train: bool):
-        """Identity, or projection (1x1 conv + BN) when shape changes."""
-        if x.shape[-1] == out_features and self.strides == 1:
-            return x
-        s = self.strides
-        if self.sk_ratio > 0:
-            # ResNet-D shortcut as in SimCLR v2's SK models: 2x2 average pool,
-            # then an unstrided 1x1 conv. Strided: zero-pad bottom/right by 1 and
-            # pool 2x2/s "VALID"; unstrided (first bottleneck stage): 2x2/1 pool
-            # with TF-"SAME" padding (bottom/right, padding not counted).
-            if s > 1:
-                x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
-                x = nn.avg_pool(x, (2, 2), strides=(s, s), padding="VALID")
-            else:
-                x = nn.avg_pool(x, (2, 2), strides=(1, 1),
-                                padding=((0, 1), (0, 1)), count_include_pad=False)
-            s = 1
-        x = _conv(out_features, 1, s, self.dtype, name="proj_conv")(x)
-        return _bn(self, train, name="proj_bn")(x)
+  def shortcut(self, x, out_features: int, train: bool):
+    """Identity, or projection (1x1 conv + BN) when shape changes."""
+    if x.shape[-1] == out_features and self.strides == 1:
+      return x
+    s = self.strides
+    if self.sk_ratio > 0:
+      # ResNet-D shortcut as in SimCLR v2's SK models: 2x2 average pool,
+      # then an unstrided 1x1 conv. Strided: zero-pad bottom/right by 1 and
+      # pool 2x2/s "VALID"; unstrided (first bottleneck stage): 2x2/1 pool
+      # with TF-"SAME" padding (bottom/right, padding not counted).
+      if s > 1:
+        x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+        x = nn.avg_pool(x, (2, 2), strides=(s, s), padding="VALID")
+      else:
+        x = nn.avg_pool(
+          x, (2, 2), strides=(1, 1), padding=((0, 1), (0, 1)), count_include_pad=False
+        )
+      s = 1
+    x = _conv(out_features, 1, s, self.dtype, name="proj_conv")(x)
+    return _bn(self, train, name="proj_bn")(x)
 
 
 class BasicBlock(_BlockBase):
-    """Two 3x3 convs (ResNet-18/34). Output channels = ``filters``."""
+  """Two 3x3 convs (ResNet-18/34). Output channels = ``filters``."""
 
-    expansion = 1
+  expansion = 1
 
-    @nn.compact
-    def __call__(self, x, train: bool):
-        residual = self.shortcut(x, self.filters, train)
-        y = self.conv3x3_bn_relu(x, self.strides, train, "conv1", "bn1")
-        y = _conv(self.filters, 3, 1, self.dtype, name="conv2")(y)
-        y = _bn(self, train, zero_init=True, name="bn2")(y)
-        return nn.relu(y + residual)
+  @nn.compact
+  def __call__(self, x, train: bool):
+    residual = self.shortcut(x, self.filters, train)
+    y = self.conv3x3_bn_relu(x, self.strides, train, "conv1", "bn1")
+    y = _conv(self.filters, 3, 1, self.dtype, name="conv2")(y)
+    y = _bn(self, train, zero_init=True, name="bn2")(y)
+    return nn.relu(y + residual)
 
 
 class BottleneckBlock(_BlockBase):
-    """1x1 -> 3x3 (strided, v1.5) -> 1x1 (x4). Output channels = ``4*filters``."""
+  """1x1 -> 3x3 (strided, v1.5) -> 1x1 (x4). Output channels = ``4*filters``."""
 
-    expansion = 4
+  expansion = 4
 
-    @nn.compact
-    def __call__(self, x, train: bool):
-        out = 4 * self.filters
-        residual = self.shortcut(x, out, train)
-        y = _conv(self.filters, 1, 1, self.dtype, name="conv1")(x)
-        y = nn.relu(_bn(self, train, name="bn1")(y))
-        y = self.conv3x3_bn_relu(y, self.strides, train, "conv2", "bn2")
-        y = _conv(out, 1, 1, self.dtype, name="conv3")(y)
-        y = _bn(self, train, zero_init=True, name="bn3")(y)
-        return nn.relu(y + residual)
+  @nn.compact
+  def __call__(self, x, train: bool):
+    out = 4 * self.filters
+    residual = self.shortcut(x, out, train)
+    y = _conv(self.filters, 1, 1, self.dtype, name="conv1")(x)
+    y = nn.relu(_bn(self, train, name="bn1")(y))
+    y = self.conv3x3_bn_relu(y, self.strides, train, "conv2", "bn2")
+    y = _conv(out, 1, 1, self.dtype, name="conv3")(y)
+    y = _bn(self, train, zero_init=True, name="bn3")(y)
+    return nn.relu(y + residual)
 
 
 class ResNet(nn.Module):
-    """ResNet encoder returning globally average-pooled features ``[N, C]`` (float32).
+  """ResNet encoder returning globally average-pooled features ``[N, C]`` (float32).
 
-    ``C == feature_dim(depth, width_multiplier)``. Variables: ``params`` (always
-    float32) and ``batch_stats``. Call with ``mutable=["batch_stats"]`` when
-    ``train=True``. With ``axis_name`` set, ``train=True`` must run inside a
-    mapped axis of that name (``shard_map``/``pmap``); ``init`` and
-    ``train=False`` do not need it.
+  ``C == feature_dim(depth, width_multiplier)``. Variables: ``params`` (always
+  float32) and ``batch_stats``. Call with ``mutable=["batch_stats"]`` when
+  ``train=True``. With ``axis_name`` set, ``train=True`` must run inside a
+  mapped axis of that name (``shard_map``/``pmap``); ``init`` and
+  ``train=False`` do not need it.
 
-    Parameter names: ``stem_conv``/``stem_bn`` (deep stem: ``stem_conv1..3``,
-    ``stem_bn1..2``, ``stem_bn``), then ``stage{s}_block{i}`` (1-based) with
-    ``conv1``/``bn1``, ``conv2``/``bn2`` (``conv3``/``bn3`` for bottlenecks) and
-    ``proj_conv``/``proj_bn`` on projection shortcuts; an SK conv is a
-    submodule ``conv``/``bn``/``fc``/``fc_bn``/``attn`` under the conv's name.
-    Conv weights are ``kernel`` (no conv has a bias); BN params are
-    ``scale``/``bias`` (e.g. for weight-decay masks).
-    """
+  Parameter names: ``stem_conv``/``stem_bn`` (deep stem: ``stem_conv1..3``,
+  ``stem_bn1..2``, ``stem_bn``), then ``stage{s}_block{i}`` (1-based) with
+  ``conv1``/``bn1``, ``conv2``/``bn2`` (``conv3``/``bn3`` for bottlenecks) and
+  ``proj_conv``/``proj_bn`` on projection shortcuts; an SK conv is a
+  submodule ``conv``/``bn``/``fc``/``fc_bn``/``attn`` under the conv's name.
+  Conv weights are ``kernel`` (no conv has a bias); BN params are
+  ``scale``/``bias`` (e.g. for weight-decay masks).
+  """
 
-    depth: int = 50
-    width_multiplier: int | float = 1
-    sk_ratio: float = 0.0
-    stem: str = "imagenet"
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    axis_name: str | None = None
-    dtype: Any = jnp.float32
-    remat: bool = False
+  depth: int = 50
+  width_multiplier: int | float = 1
+  sk_ratio: float = 0.0
+  stem: str = "imagenet"
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  axis_name: str | None = None
+  dtype: Any = jnp.float32
+  remat: bool = False
 
-    @nn.compact
-    def __call__(self, x, train: bool) -> jax.Array:
-        stage_sizes, bottleneck = _check_depth(self.depth)
-        w = self.width_multiplier
-        x = jnp.asarray(x, self.dtype)
+  @nn.compact
+  def __call__(self, x, train: bool) -> jax.Array:
+    stage_sizes, bottleneck = _check_depth(self.depth)
+    w = self.width_multiplier
+    x = jnp.asarray(x, self.dtype)
 
-        # ---- stem
-        stem_width = _channels(64, w)
-        if self.stem == "imagenet":
-            if self.sk_ratio > 0:
-                # ResNet-D deep stem, as SimCLR v2 with SK.
-                half = max(stem_width // 2, 1)
-                x = _conv(half, 3, 2, self.dtype, name="stem_conv1")(x)
-                x = nn.relu(_bn(self, train, name="stem_bn1")(x))
-                x = _conv(half, 3, 1, self.dtype, name="stem_conv2")(x)
-                x = nn.relu(_bn(self, train, name="stem_bn2")(x))
-                x = _conv(stem_width, 3, 1, self.dtype, name="stem_conv3")(x)
-            else:
-                x = _conv(stem_width, 7, 2, self.dtype, name="stem_conv")(x)
-            x = nn.relu(_bn(self, train, name="stem_bn")(x))
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        elif self.stem == "cifar":
-            x = _conv(stem_width, 3, 1, self.dtype, name="stem_conv")(x)
-            x = nn.relu(_bn(self, train, name="stem_bn")(x))
-        else:
-            raise ValueError(f"Unknown stem {self.stem!r}; use 'imagenet' or 'cifar'.")
+    # ---- stem
+    stem_width = _channels(64, w)
+    if self.stem == "imagenet":
+      if self.sk_ratio > 0:
+        # ResNet-D deep stem, as SimCLR v2 with SK.
+        half = max(stem_width // 2, 1)
+        x = _conv(half, 3, 2, self.dtype, name="stem_conv1")(x)
+        x = nn.relu(_bn(self, train, name="stem_bn1")(x))
+        x = _conv(half, 3, 1, self.dtype, name="stem_conv2")(x)
+        x = nn.relu(_bn(self, train, name="stem_bn2")(x))
+        x = _conv(stem_width, 3, 1, self.dtype, name="stem_conv3")(x)
+      else:
+        x = _conv(stem_width, 7, 2, self.dtype, name="stem_conv")(x)
+      x = nn.relu(_bn(self, train, name="stem_bn")(x))
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    elif self.stem == "cifar":
+      x = _conv(stem_width, 3, 1, self.dtype, name="stem_conv")(x)
+      x = nn.relu(_bn(self, train, name="stem_bn")(x))
+    else:
+      raise ValueError(f"Unknown stem {self.stem!r}; use 'imagenet' or 'cifar'.")
 
-        # ---- residual stages
-        block_cls = BottleneckBlock if bottleneck else BasicBlock
-        if self.remat:
-            # static_argnums counts `self` as 0: (self, x, train) -> train is 2.
-            block_cls = nn.remat(block_cls, static_argnums=(2,))
-        for stage, n_blocks in enumerate(stage_sizes):
-            filters = _channels(64 * 2**stage, w)
-            for i in range(n_blocks):
-                strides = 2 if (i == 0 and stage > 0) else 1
-                x = block_cls(
-                    filters=filters,
-                    strides=strides,
-                    sk_ratio=self.sk_ratio,
-                    bn_momentum=self.bn_momentum,
-                    bn_epsilon=self.bn_epsilon,
-                    axis_name=self.axis_name,
-                    dtype=self.dtype,
-                    name=f"stage{stage + 1}_block{i + 1}",
-                )(x, train)
+    # ---- residual stages
+    block_cls = BottleneckBlock if bottleneck else BasicBlock
+    if self.remat:
+      # static_argnums counts `self` as 0: (self, x, train) -> train is 2.
+      block_cls = nn.remat(block_cls, static_argnums=(2,))
+    for stage, n_blocks in enumerate(stage_sizes):
+      filters = _channels(64 * 2**stage, w)
+      for i in range(n_blocks):
+        strides = 2 if (i == 0 and stage > 0) else 1
+        x = block_cls(
+          filters=filters,
+          strides=strides,
+          sk_ratio=self.sk_ratio,
+          bn_momentum=self.bn_momentum,
+          bn_epsilon=self.bn_epsilon,
+          axis_name=self.axis_name,
+          dtype=self.dtype,
+          name=f"stage{stage + 1}_block{i + 1}",
+        )(x, train)
 
-        # ---- global average pool (in float32), no classifier
-        return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    # ---- global average pool (in float32), no classifier
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
 def resnet(depth: int = 50, **kw) -> ResNet:
-    """Factory: ``resnet(50, width_multiplier=2, sk_ratio=0.0625)``."""
-    _check_depth(depth)
-    return ResNet(depth=depth, **kw)
+  """Factory: ``resnet(50, width_multiplier=2, sk_ratio=0.0625)``."""
+  _check_depth(depth)
+  return ResNet(depth=depth, **kw)
