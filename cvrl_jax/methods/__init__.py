@@ -3,9 +3,10 @@
 import ml_collections
 
 from cvrl_jax.methods.base import Method
+from cvrl_jax.methods.moco import MoCo, MoCoV3
 from cvrl_jax.methods.simclr import SimCLR
 
-METHODS = {"simclr": SimCLR}
+METHODS = {"simclr": SimCLR, "moco": MoCo, "moco_v3": MoCoV3}
 
 
 def get_method(config: ml_collections.ConfigDict, num_classes: int,
