@@ -24,13 +24,18 @@ Variants (``--config=configs/moco_v1.py:NAME``):
       python -m cvrl_jax.main --config=configs/moco_v1.py:cifar10 \
           --config.data_dir=../shared/tfds --workdir=/tmp/moco_v1_cifar10
 
-* ``cpu``: the ``cifar10`` recipe shrunk to a 2-core laptop CPU:
+* ``cpu``: the ``cifar10`` recipe shrunk to a 2-core laptop CPU: ResNet-18 x0.25,
+  batch 128, 800 steps (2 epochs), SGD lr 0.6 x B/256, 8 BN groups of 16:
 
       python -m cvrl_jax.main --config=configs/moco_v1.py:cpu \
           --config.data_dir=../shared/tfds --workdir=/tmp/moco_v1_cpu
 
-  Not yet measured: this preset has not been run to the end on the 2-core
-  CPU (its v2 sibling learns; see moco_v2.py).
+  Measured 2026-11-23 on the 2-core CPU (8 simulated devices): kNN top-1 (10k
+  train bank, 2k test queries) 27.6% for the randomly initialised encoder (step
+  0) -> 33.15% at step 400 -> 37.65% at step 800 (753 of 2000, like v2's and
+  v3's cpu runs by coincidence: their per-class counts differ); the online
+  linear probe reaches ~24% train top-1. Wall time 8.8 min (~290 images/s
+  logged, nothing else running).
 """
 
 import ml_collections
