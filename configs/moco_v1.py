@@ -34,8 +34,8 @@ Variants (``--config=configs/moco_v1.py:NAME``):
   train bank, 2k test queries) 27.6% for the randomly initialised encoder (step
   0) -> 33.15% at step 400 -> 37.65% at step 800 (753 of 2000, like v2's and
   v3's cpu runs by coincidence: their per-class counts differ); the online
-  linear probe reaches ~24% train top-1. Wall time 8.8 min (~290 images/s
-  logged, nothing else running).
+  linear probe reaches ~24% train top-1. Wall time 8.8 min (160-290 images/s
+  logged; another job shared the cores part of the time).
 """
 
 import ml_collections
