@@ -1,16 +1,29 @@
-"""Methods by name. Adding one: a file here, a config, a test file."""
+"""Methods by name. Adding one: a file here defining ``METHODS``, a config, a test file.
+
+Each method module exports ``METHODS = {"name": MethodClass, ...}``; this package
+collects them, so a new method touches no shared file.
+"""
+
+import importlib
+import pkgutil
 
 import ml_collections
 
 from cvrl_jax.methods.base import Method
-from cvrl_jax.methods.moco import MoCo, MoCoV3
-from cvrl_jax.methods.simclr import SimCLR
 
-METHODS = {"simclr": SimCLR, "moco": MoCo, "moco_v3": MoCoV3}
+
+def available() -> dict[str, type[Method]]:
+  """Every method of every module in this package, by its config name."""
+  found = {}
+  for info in pkgutil.iter_modules(__path__):
+    module = importlib.import_module(f"{__name__}.{info.name}")
+    found.update(getattr(module, "METHODS", {}))
+  return found
 
 
 def get_method(config: ml_collections.ConfigDict, num_classes: int,
                total_steps: int) -> Method:
-  if config.method not in METHODS:
-    raise ValueError(f"config.method={config.method!r} is not one of {sorted(METHODS)}.")
-  return METHODS[config.method](config, num_classes, total_steps)
+  known = available()
+  if config.method not in known:
+    raise ValueError(f"config.method={config.method!r} is not one of {sorted(known)}.")
+  return known[config.method](config, num_classes, total_steps)

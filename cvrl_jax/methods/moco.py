@@ -282,3 +282,6 @@ class MoCoV3(_MomentumContrast):
     metrics.update(loss=loss, key_momentum=self.momentum(step))
     return loss + probe_loss, (batch_stats, {**extra, "key_batch_stats": key_batch_stats},
                                metrics)
+
+
+METHODS = {"moco": MoCo, "moco_v3": MoCoV3}

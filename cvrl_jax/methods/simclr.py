@@ -62,3 +62,6 @@ class SimCLR(base.Method):
     hiddens, _, _ = self._net(None).apply(
         {"params": params, "batch_stats": batch_stats}, images, train=False)
     return hiddens[self.config.get("representation_layer", 0)]
+
+
+METHODS = {"simclr": SimCLR}
