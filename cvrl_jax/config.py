@@ -87,3 +87,14 @@ def use_cpu(c: ml_collections.ConfigDict, total_steps: int) -> ml_collections.Co
   c.eval_every_steps = total_steps // 2
   c.checkpoint_every_steps = total_steps // 2
   return c
+
+
+def use_multicrop(c: ml_collections.ConfigDict, num_small: int, size: int,
+                  crop_area: tuple[float, float], blur_p: float = 0.0,
+                  solarize_p: float = 0.0) -> ml_collections.ConfigDict:
+  """Multi-crop (SwAV, DINO): ``num_small`` extra crops of ``size`` px covering
+  ``crop_area`` of the image, in each batch as ``"small_views"`` beside the views."""
+  c.multicrop = ml_collections.ConfigDict(dict(
+      num_small=num_small, size=size, crop_area=crop_area, blur_p=blur_p,
+      solarize_p=solarize_p))
+  return c

@@ -4,6 +4,11 @@ The training stream is a pure function of (seed, step): epoch e is shuffled with
 seed derived from (seed, e), and every example's augmentation uses stateless ops
 seeded from (seed, process, e, position). A resumed run therefore rebuilds the
 stream at ``start_step`` and sees exactly the batches an uninterrupted run sees.
+
+Multi-crop (SwAV, DINO; any method may read it): ``config.multicrop.num_small``
+small crops of ``multicrop.size`` pixels per image besides the views, under
+``"small_views"``. Their seeds come from a separate derivation of the example's
+seed, so turning multi-crop on leaves the views bit-identical.
 """
 
 import os
@@ -85,6 +90,20 @@ def _to_float(image: tf.Tensor) -> tf.Tensor:
   return tf.image.convert_image_dtype(image, tf.float32)
 
 
+def _crop_fn(config: ml_collections.ConfigDict, size: int, crop_area, blur_p, solarize_p):
+  """One augmented crop: ``config.augment``'s colour recipe at this size and area."""
+  aug = config.augment
+
+  def fn(image, seed):
+    return augment.simclr_view(
+        _to_float(image), seed, size=size,
+        crop_area=tuple(crop_area), color_strength=aug.color_strength,
+        color_jitter_strengths=aug.get("color_jitter_strengths"),
+        color_p=aug.get("color_p", 0.8), grayscale_p=aug.grayscale_p, blur_p=blur_p,
+        solarize_p=solarize_p)
+  return fn
+
+
 def _view_fn(config: ml_collections.ConfigDict, view: int):
   """The augmentation of view ``view`` (0 or 1): views may differ (BYOL, MoCo v3)."""
   aug = config.augment
@@ -92,14 +111,24 @@ def _view_fn(config: ml_collections.ConfigDict, view: int):
   def per_view(value):
     return value[view] if isinstance(value, (tuple, list)) else value
 
-  def fn(image, seed):
-    return augment.simclr_view(
-        _to_float(image), seed, size=config.image_size,
-        crop_area=tuple(aug.crop_area), color_strength=aug.color_strength,
-        color_jitter_strengths=aug.get("color_jitter_strengths"),
-        color_p=aug.get("color_p", 0.8), grayscale_p=aug.grayscale_p, blur_p=per_view(aug.blur_p),
-        solarize_p=per_view(aug.solarize_p))
-  return fn
+  return _crop_fn(config, config.image_size, aug.crop_area, per_view(aug.blur_p),
+                  per_view(aug.solarize_p))
+
+
+def num_small_crops(config: ml_collections.ConfigDict) -> int:
+  """How many multi-crop small crops each example gets (0: multi-crop off)."""
+  return config.multicrop.num_small if "multicrop" in config else 0
+
+
+def _small_crop_fn(config: ml_collections.ConfigDict):
+  """A multi-crop small crop: ``multicrop.size`` px of ``multicrop.crop_area``."""
+  mc = config.multicrop
+  return _crop_fn(config, mc.size, mc.crop_area, mc.blur_p, mc.get("solarize_p", 0.0))
+
+
+# Folded into an example's seed for its small crops: a derivation of its own, so
+# the views' seeds (and the views) do not depend on whether multi-crop is on.
+_SMALL_CROPS_STREAM = 1
 
 
 def train_dataset(config: ml_collections.ConfigDict, local_batch: int,
@@ -107,7 +136,9 @@ def train_dataset(config: ml_collections.ConfigDict, local_batch: int,
   """Batches of ``num_views`` augmented views of the train split, from ``start_step``.
 
   Yields {"views": (view_0, view_1, ...) each [local_batch, S, S, 3] float32,
-  "label": [local_batch] int32}. Labels feed only the online linear monitor.
+  "label": [local_batch] int32}, plus with multi-crop "small_views": a tuple of
+  ``multicrop.num_small`` arrays [local_batch, s, s, 3]. Labels feed only the
+  online linear monitor.
   """
   builder = get_builder(config)
   ds = _read(builder, config.train_split, per_process=True,
@@ -122,6 +153,9 @@ def train_dataset(config: ml_collections.ConfigDict, local_batch: int,
   first_epoch, offset = divmod(start_step * local_batch, n)
   process = jax.process_index()
   views = [_view_fn(config, v) for v in range(config.get("num_views", 2))]
+  num_small, small_crop = num_small_crops(config), None
+  if num_small:
+    small_crop = _small_crop_fn(config)
 
   def epoch(e):
     shuffled = ds.shuffle(min(n, config.get("shuffle_buffer", 50_000)),
@@ -134,8 +168,13 @@ def train_dataset(config: ml_collections.ConfigDict, local_batch: int,
     base = tf.random.experimental.stateless_fold_in(
         tf.constant([seed, process], tf.int64), counter)
     seeds = tf.random.experimental.stateless_split(base, len(views))
-    return {"views": tuple(v(x["image"], seeds[i]) for i, v in enumerate(views)),
-            "label": tf.cast(x["label"], tf.int32)}
+    out = {"views": tuple(v(x["image"], seeds[i]) for i, v in enumerate(views)),
+           "label": tf.cast(x["label"], tf.int32)}
+    if num_small:
+      small = tf.random.experimental.stateless_split(
+          tf.random.experimental.stateless_fold_in(base, _SMALL_CROPS_STREAM), num_small)
+      out["small_views"] = tuple(small_crop(x["image"], small[i]) for i in range(num_small))
+    return out
 
   stream = tf.data.Dataset.range(first_epoch, 1 << 62).flat_map(epoch)
   stream = stream.map(augment_example, num_parallel_calls=tf.data.AUTOTUNE)

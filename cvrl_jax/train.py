@@ -111,7 +111,7 @@ def make_train_step(method: methods.Method, tx: optax.GradientTransformation,
     (_, (batch_stats, extra, metrics)), grads = grad_fn(
         state.params, state.batch_stats, state.extra, batch, rng, state.step, DATA)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params = method.project_params(optax.apply_updates(state.params, updates))
     extra = method.after_update(params, batch_stats, extra, state.step)
     metrics = {**metrics, "grad_norm": optax.global_norm(grads)}
     new_state = state.replace(step=state.step + 1, params=params,

@@ -51,6 +51,15 @@ def probe_loss_and_metrics(logits: jax.Array, labels: jax.Array,
   return loss, {"probe_loss": loss, "probe_top1": top1}
 
 
+def steps_per_epoch(config: ml_collections.ConfigDict, total_steps: int) -> float:
+  """Steps in one epoch, for a method's schedules given in epochs (``total_steps``
+  comes from ``num_epochs``, or a preset sets both)."""
+  if not config.num_epochs:
+    raise ValueError("This method's schedules are in epochs: set --config.num_epochs "
+                     "(with total_steps set, it only converts epochs to steps).")
+  return total_steps / config.num_epochs
+
+
 class Method:
   """Interface used by ``train.py``; see ``methods/simclr.py`` for the simplest one."""
 
@@ -74,6 +83,11 @@ class Method:
     the mesh and include ``loss``, the method's own objective.
     """
     raise NotImplementedError
+
+  def project_params(self, params: Params) -> Params:
+    """Parameters after each optimiser step, e.g. SwAV's prototypes put back on the
+    unit sphere; the identity for most methods."""
+    return params
 
   def after_update(self, params: Params, batch_stats: Params, extra: Any,
                    step: jax.Array) -> Any:
