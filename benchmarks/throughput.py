@@ -1,18 +1,27 @@
 r"""Training and input-pipeline throughput of a config on the devices present.
 
-    python benchmarks/throughput.py --config=configs/simclr_v2.py:cpu \
+    python -m benchmarks.throughput --config=configs/simclr_v2.py:cpu \
         --config.data_dir=../shared/tfds --steps=20
 
 Prints (and with --json_out writes) steady-state training images/s (images, not
 views; compile excluded), the compile time, the time a step waits for input,
 the input pipeline's images/s alone, and peak host / device memory.
+Run it as a module from the repository root, like the main job (configs import
+each other as ``configs.*``); a CPU is split into 8 XLA devices as in main.py.
 """
 
 import json
+import os
 import resource
 import time
 
-import jax
+# The same default as cvrl_jax/main.py, so a config is timed as it trains: a CPU
+# split into 8 XLA devices unless XLA_FLAGS chooses.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_force_host_platform_device_count=8").strip()
+
+import jax  # noqa: E402
 from absl import app, flags
 from ml_collections import config_flags
 
