@@ -16,7 +16,7 @@ from ml_collections import config_flags  # noqa: E402
 import jax  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from cvrl_jax import train  # noqa: E402
+from cvrl_jax import parallel, train  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl and TensorBoard go here.")
@@ -56,6 +56,7 @@ def main(argv):
   # tf.data only: keep TensorFlow off the accelerators JAX uses.
   tf.config.set_visible_devices([], "GPU")
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  parallel.initialize_distributed()  # pod slices / JAX_COORDINATOR_ADDRESS; else a no-op
   logging.info("JAX process %d / %d, devices: %s", jax.process_index(),
                jax.process_count(), jax.devices())
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -6,13 +6,60 @@ split along its first axis. Per-device code (global losses, cross-replica
 BatchNorm, MoCo's ShuffleBN) names the axis ``DATA``.
 """
 
-from typing import Any
+import glob
+import os
+from typing import Any, Mapping, Optional
 
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 DATA = "data"
+
+# Explicit multi-process settings, read by ``initialize_distributed`` (JAX itself
+# reads the first; the other two are this library's, named alike).
+COORDINATOR_ENV = "JAX_COORDINATOR_ADDRESS"   # host:port of process 0
+NUM_PROCESSES_ENV = "JAX_NUM_PROCESSES"
+PROCESS_ID_ENV = "JAX_PROCESS_ID"
+
+
+def _on_tpu_host() -> bool:
+  """A Cloud TPU VM (any worker of a slice): TPU chips are visible as device files."""
+  return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
+
+
+def initialize_distributed(environ: Optional[Mapping[str, str]] = None,
+                           on_tpu_host: Optional[bool] = None) -> bool:
+  """Joins a multi-process run before JAX's first use; returns whether it joined.
+
+  * Explicit: ``JAX_COORDINATOR_ADDRESS=host:port JAX_NUM_PROCESSES=N
+    JAX_PROCESS_ID=i`` on every process (CPU or GPU clusters, the 2-process CPU
+    test). With ``JAX_NUM_PROCESSES=1`` nothing is joined.
+  * Cloud TPU VM: JAX reads the slice's workers from the VM metadata, so every
+    worker of a pod slice runs the same command with no settings.
+  * Otherwise (a laptop, one GPU box): a single process, nothing to do.
+  """
+  env = os.environ if environ is None else environ
+  explicit = {k: env.get(k) for k in (COORDINATOR_ENV, NUM_PROCESSES_ENV, PROCESS_ID_ENV)}
+  if any(explicit.values()):
+    missing = [k for k, v in explicit.items() if not v]
+    if missing:
+      raise ValueError(f"Multi-process settings incomplete: {', '.join(missing)} unset. "
+                       f"Set all of {', '.join(explicit)} on every process.")
+    num_processes = int(explicit[NUM_PROCESSES_ENV])
+    if num_processes == 1:
+      return False
+    jax.distributed.initialize(coordinator_address=explicit[COORDINATOR_ENV],
+                               num_processes=num_processes,
+                               process_id=int(explicit[PROCESS_ID_ENV]))
+  elif _on_tpu_host() if on_tpu_host is None else on_tpu_host:
+    jax.distributed.initialize()
+  else:
+    return False
+  logging.info("Joined a %d-process run as process %d.", jax.process_count(),
+               jax.process_index())
+  return True
 
 
 def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:

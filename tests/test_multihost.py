@@ -1,0 +1,191 @@
+"""Multi-host for real on the CPU: 2 processes x 4 devices against 1 process x 8.
+
+Each run is a fresh Python process (``python tests/test_multihost.py WORKDIR``):
+the 2-process run joins through ``parallel.initialize_distributed`` on loopback,
+with gloo CPU collectives, exactly as the hosts of a TPU pod slice would. Both runs
+train SimCLR and MoCo v2 for a few steps into their own workdirs.
+
+Same losses need the same global batches. The real input pipeline gives each
+process its own shard and its own shuffle (so a 2-process run sees other batches
+than a 1-process run); here every process instead takes its rows of one fixed
+global batch of real CIFAR-10 images. The real per-process sharding is checked
+separately (disjoint shards covering the split), and the kNN monitor at the end
+of each run reads the real eval split per process.
+"""
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT_S = 600
+STEPS = 3
+
+
+def _fixed_global_batches(config, local_batch: int, start_step: int):
+  """This process's rows of a fixed global batch stream (same for any process count)."""
+  import jax
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+
+  builder = tfds.builder(config.dataset, data_dir=config.data_dir)
+  data = tfds.as_numpy(builder.as_dataset(split="train[:64]", batch_size=-1))
+  images = tf.image.resize(data["image"].astype(np.float32) / 255.0,
+                           (config.image_size,) * 2).numpy()
+  lo = jax.process_index() * local_batch
+  global_batch = local_batch * jax.process_count()
+  steps = []
+  for step in range(config.total_steps):
+    rows = (np.arange(global_batch) + step * global_batch) % len(images)
+    mine = rows[lo:lo + local_batch]
+    steps.append({"views": (images[mine], images[mine, :, ::-1] * 0.8),
+                  "label": data["label"][mine].astype(np.int32)})
+  stacked = {"views": tuple(np.stack([s["views"][v] for s in steps]) for v in range(2)),
+             "label": np.stack([s["label"] for s in steps])}
+  return tf.data.Dataset.from_tensor_slices(stacked).skip(start_step)
+
+
+def _shard_hashes(config) -> list[str]:
+  """Hashes of the real eval pipeline's unpadded images on this process."""
+  from cvrl_jax import input_pipeline
+
+  ds, _ = input_pipeline.eval_dataset(config, "test", 32, num=96)
+  out = []
+  for batch in input_pipeline.as_numpy(ds):
+    for image, mask in zip(batch["image"], batch["mask"]):
+      if mask:
+        out.append(hashlib.sha1(image.tobytes()).hexdigest())
+  return out
+
+
+def worker(workdir: str) -> None:
+  """One process of a run: joins the run (if the environment says so), trains."""
+  import jax
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  from cvrl_jax import input_pipeline, parallel, train
+
+  parallel.initialize_distributed()
+  import test_moco
+  import test_train
+  from configs import moco_v2
+
+  input_pipeline.train_dataset = _fixed_global_batches
+  runs = {"simclr": test_train.tiny_config(), "moco_v2": test_moco.tiny_config(moco_v2)}
+  for name, config in runs.items():
+    config.update(total_steps=STEPS, num_devices=0)
+    config.knn.update(num_train_examples=128, num_eval_examples=64, batch_size=32)
+    train.train_and_evaluate(config, os.path.join(workdir, name))
+  with open(os.path.join(workdir, f"shard_{jax.process_index()}.json"), "w") as f:
+    json.dump({"hashes": _shard_hashes(runs["simclr"]), "devices": jax.device_count(),
+               "local_devices": jax.local_device_count()}, f)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _launch(workdir, num_processes: int, devices_per_process: int) -> None:
+  """Starts ``num_processes`` workers on loopback and waits for all of them."""
+  env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2",
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}"}
+  for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+    env.pop(k, None)
+  if num_processes > 1:
+    env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}",
+               JAX_NUM_PROCESSES=str(num_processes))
+  script = os.path.abspath(__file__)
+  procs = [subprocess.Popen([sys.executable, script, str(workdir)], cwd=ROOT,
+                            env={**env, "JAX_PROCESS_ID": str(i)} if num_processes > 1
+                            else env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True) for i in range(num_processes)]
+  failed = []
+  try:
+    for i, p in enumerate(procs):
+      out, _ = p.communicate(timeout=TIMEOUT_S)
+      if p.returncode:
+        failed.append(f"--- process {i} exited {p.returncode}:\n{out[-4000:]}")
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert not failed, "\n".join(failed)
+
+
+def _metrics(path) -> list[dict]:
+  with open(path / "metrics.jsonl") as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  one, two = tmp_path_factory.mktemp("one_x8"), tmp_path_factory.mktemp("two_x4")
+  _launch(one, num_processes=1, devices_per_process=8)
+  _launch(two, num_processes=2, devices_per_process=4)
+  return one, two
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco_v2"])
+def test_two_processes_give_the_same_losses_as_one(runs, method):
+  one, two = (_metrics(r / method) for r in runs)
+  losses = [{r["step"]: r["loss"] for r in m if "loss" in r} for m in (one, two)]
+  assert sorted(losses[0]) == list(range(1, STEPS + 1))
+  assert sorted(losses[1]) == sorted(losses[0])  # each step written once: process 0 only
+  for step in losses[0]:
+    assert losses[1][step] == pytest.approx(losses[0][step], rel=2e-4), step
+  knn = [[r["knn_top1"] for r in m if "knn_top1" in r] for m in (one, two)]
+  assert len(knn[1]) == 1 and knn[1][0] == pytest.approx(knn[0][0], abs=100 / 64 + 1e-6)
+
+
+def _restore_as_numpy(checkpoints) -> dict:
+  """A checkpoint written by any number of processes, read back as host arrays."""
+  import jax
+  import orbax.checkpoint as ocp
+  assert os.listdir(checkpoints) == [str(STEPS)]
+  path = checkpoints / str(STEPS) / "default"
+  ckptr = ocp.PyTreeCheckpointer()
+  tree = ckptr.metadata(path).item_metadata.tree
+  return ckptr.restore(path, restore_args=jax.tree.map(
+      lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree))
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco_v2"])
+def test_collective_checkpoint_equals_the_single_process_one(runs, method):
+  import jax
+  one, two = (_restore_as_numpy(r / method / "checkpoints") for r in runs)
+  for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(two)):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_each_process_reads_its_own_shard_of_the_split(runs):
+  one, two = runs
+  with open(one / "shard_0.json") as f:
+    single = json.load(f)
+  shards = []
+  for i in range(2):
+    with open(two / f"shard_{i}.json") as f:
+      shards.append(json.load(f))
+  assert single["devices"] == 8 and [s["devices"] for s in shards] == [8, 8]
+  assert [s["local_devices"] for s in shards] == [4, 4]
+  a, b = (set(s["hashes"]) for s in shards)
+  assert len(a) == len(b) == 48 and not a & b
+  assert a | b == set(single["hashes"])
+
+
+def test_only_process_zero_writes_logs(runs):
+  _, two = runs
+  events = [f for f in os.listdir(two / "simclr") if f.startswith("events.out")]
+  assert len(events) == 1  # one TensorBoard file, from process 0
+  assert (two / "simclr" / "config.json").exists()
+
+
+if __name__ == "__main__":
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  worker(sys.argv[1])
