@@ -214,9 +214,16 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+def checkpoint_dir(workdir: str) -> str:
+  """``workdir/checkpoints``; local paths made absolute (orbax needs it), URLs such as
+  ``gs://bucket/run`` kept as they are (orbax writes them through its own file system)."""
+  root = workdir if "://" in workdir else os.path.abspath(workdir)
+  return os.path.join(root, "checkpoints")
+
+
 def _checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), "checkpoints"),
+      checkpoint_dir(workdir),
       options=ocp.CheckpointManagerOptions(max_to_keep=config.get("max_to_keep", 3),
                                            create=True))
 
