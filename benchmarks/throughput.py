@@ -3,13 +3,18 @@ r"""Training and input-pipeline throughput of a config on the devices present.
     python -m benchmarks.throughput --config=configs/simclr_v2.py:cpu \
         --config.data_dir=../shared/tfds --steps=20
 
-Prints (and with --json_out writes) steady-state training images/s (images, not
-views; compile excluded), the compile time, the time a step waits for input,
-the input pipeline's images/s alone, and peak host / device memory.
+Prints a table (and with --json_out writes JSON) of: steady-state training images/s
+(images, not views; compile excluded), the step time split into the device's
+compute (steps on one resident batch) and the wait for input, the compile time,
+model FLOP utilisation (the step's FLOPs from XLA's cost analysis / step time /
+peak FLOP/s), the input pipeline's images/s alone (with all cores and per core),
+and peak host / device memory.
+
 Run it as a module from the repository root, like the main job (configs import
 each other as ``configs.*``); a CPU is split into 8 XLA devices as in main.py.
 """
 
+import datetime
 import json
 import os
 import resource
@@ -22,26 +27,92 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
                              " --xla_force_host_platform_device_count=8").strip()
 
 import jax  # noqa: E402
-from absl import app, flags
-from ml_collections import config_flags
+import jax.numpy as jnp  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
-from cvrl_jax import input_pipeline, methods, optim, parallel, train
+from cvrl_jax import input_pipeline, methods, optim, parallel, train  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 flags.DEFINE_integer("steps", 20, "Timed training steps (after 2 warm-up steps).")
 flags.DEFINE_integer("input_batches", 50, "Batches timed for the input pipeline alone.")
+flags.DEFINE_float("peak_flops", None, "Peak FLOP/s of all devices together, for MFU. "
+                   "Default: the table below for accelerators; on a CPU, a measured "
+                   "float32 matrix product (the practical peak of XLA on this host).")
 flags.DEFINE_string("json_out", None, "Also write the results here as JSON.")
 
+# Dense bfloat16 peak FLOP/s per chip, from the vendors' data sheets; matched as
+# substrings of ``device_kind``. MFU is quoted against it, as is usual.
+PEAK_FLOPS = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+}
 
-def input_throughput(config, local_batch: int, num_batches: int) -> float:
-  """Images/s of the augmentation pipeline alone (after its first batch)."""
-  it = input_pipeline.as_numpy(input_pipeline.train_dataset(config, local_batch))
+
+def cpu_matmul_flops(n: int = 2048, repeats: int = 10) -> float:
+  """Best FLOP/s of an ``n x n`` float32 matrix product on the first device.
+
+  Simulated CPU devices share the host's cores, so this is the whole host's
+  practical peak, the denominator for every CPU device together.
+  """
+  a = jax.device_put(jnp.ones((n, n), jnp.float32), jax.devices()[0])
+  matmul = jax.jit(lambda x: x @ x)
+  matmul(a).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * n**3 / best
+
+
+def peak_flops(devices: list[jax.Device]) -> tuple[float, str]:
+  """(peak FLOP/s of ``devices`` together, where the figure comes from)."""
+  if FLAGS.peak_flops:
+    return FLAGS.peak_flops, "--peak_flops"
+  kind = devices[0].device_kind
+  for name, flops in PEAK_FLOPS.items():
+    if name in kind:
+      return flops * len(devices), f"bf16 data-sheet peak of {name}"
+  if devices[0].platform == "cpu":
+    return cpu_matmul_flops(), "measured f32 matmul on this host"
+  raise ValueError(f"No peak FLOP/s known for {kind!r}: pass --peak_flops.")
+
+
+def input_throughput(config, local_batch: int, num_batches: int,
+                     threads: int = 0) -> float:
+  """Images/s of the augmentation pipeline alone (after its first batch).
+
+  ``threads`` > 0 limits tf.data to that many threads (per-core throughput).
+  """
+  ds = input_pipeline.train_dataset(config, local_batch)
+  if threads:
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = threads
+    options.threading.max_intra_op_parallelism = 1
+    ds = ds.with_options(options)
+  it = input_pipeline.as_numpy(ds)
   next(it)
   start = time.perf_counter()
   for _ in range(num_batches):
     next(it)
   return num_batches * local_batch / (time.perf_counter() - start)
+
+
+def _timed(fn, steps: int) -> float:
+  """Seconds per call of ``fn`` (which returns something to wait for)."""
+  start = time.perf_counter()
+  for _ in range(steps):
+    out = fn()
+  jax.block_until_ready(out)
+  return (time.perf_counter() - start) / steps
 
 
 def train_throughput(config, steps: int) -> dict:
@@ -50,34 +121,49 @@ def train_throughput(config, steps: int) -> dict:
   method = methods.get_method(config, input_pipeline.num_classes(config), 1000)
   tx, _ = optim.create_optimizer(config, config.batch_size, 1000, 100)
   shape = (local_batch // jax.local_device_count(), config.image_size, config.image_size, 3)
-  state = train.create_train_state(method, tx, jax.random.PRNGKey(0), shape, mesh)
+  box = {"state": train.create_train_state(method, tx, jax.random.PRNGKey(0), shape, mesh)}
   step = train.make_train_step(method, tx, mesh)
   rng = jax.device_put(jax.random.PRNGKey(1), parallel.replicated(mesh))
   it = input_pipeline.as_numpy(input_pipeline.train_dataset(config, local_batch))
 
+  batch = parallel.host_to_global(next(it), mesh)
   start = time.perf_counter()
-  state, metrics = step(state, parallel.host_to_global(next(it), mesh), rng)
-  jax.block_until_ready(metrics)
+  compiled = step.lower(box["state"], batch, rng).compile()
   compile_s = time.perf_counter() - start
-  state, metrics = step(state, parallel.host_to_global(next(it), mesh), rng)
-  jax.block_until_ready(metrics)
+  flops = compiled.cost_analysis()["flops"] * mesh.devices.size  # cost is per device
 
+  def run(batch):
+    box["state"], metrics = compiled(box["state"], batch, rng)
+    return metrics
+
+  jax.block_until_ready(run(batch))  # warm-up
+  jax.block_until_ready(run(batch))
+
+  device_s = _timed(lambda: run(batch), steps)  # one resident batch: compute only
   wait = 0.0
-  start = time.perf_counter()
-  for _ in range(steps):
+
+  def from_input():
+    nonlocal wait
     t = time.perf_counter()
-    batch = parallel.host_to_global(next(it), mesh)
+    b = parallel.host_to_global(next(it), mesh)
     wait += time.perf_counter() - t
-    state, metrics = step(state, batch, rng)
-  jax.block_until_ready(metrics)
-  elapsed = time.perf_counter() - start
+    return run(b)
+
+  step_s = _timed(from_input, steps)
   device_peak = [d.memory_stats().get("peak_bytes_in_use", 0) if d.memory_stats() else 0
                  for d in jax.local_devices()]
+  peak, peak_source = peak_flops(list(mesh.devices.flat))
   return {
-      "train_images_per_s": steps * config.batch_size / elapsed,
-      "step_s": elapsed / steps,
+      "train_images_per_s": config.batch_size / step_s,
+      "step_s": step_s,
+      "device_step_s": device_s,
       "input_wait_s_per_step": wait / steps,
       "compile_s": compile_s,
+      "step_gflops": flops / 1e9,
+      "achieved_gflops_per_s": flops / step_s / 1e9,
+      "peak_gflops_per_s": peak / 1e9,
+      "peak_source": peak_source,
+      "mfu": flops / step_s / peak,
       "peak_device_bytes": max(device_peak),
   }
 
@@ -86,13 +172,17 @@ def main(argv):
   del argv
   config = FLAGS.config
   mesh = parallel.make_mesh(config.get("num_devices") or None)
+  local_batch = parallel.check_batch_size(config.batch_size, mesh)
   result = {
+      "date": datetime.date.today().isoformat(),
       "config": FLAGS["config"].config_filename,
       "devices": f"{mesh.devices.size} x {jax.devices()[0].device_kind}",
+      "host_cores": os.cpu_count(),
       "batch_size": config.batch_size,
       **train_throughput(config, FLAGS.steps),
-      "input_images_per_s": input_throughput(
-          config, parallel.check_batch_size(config.batch_size, mesh), FLAGS.input_batches),
+      "input_images_per_s": input_throughput(config, local_batch, FLAGS.input_batches),
+      "input_images_per_s_1_core": input_throughput(config, local_batch,
+                                                    FLAGS.input_batches, threads=1),
       "peak_host_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
   }
   width = max(map(len, result))
