@@ -308,7 +308,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   throughput = _StepRate(start_step)
   with _Preemption() as preemption, mngr:  # closing waits for pending saves
     for step in range(start_step + 1, total_steps + 1):
-      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+      # Between logs nothing waits for the device (tests/test_compile_once.py): on
+      # an accelerator, an implicit device-to-host read here raises.
+      with (jax.profiler.StepTraceAnnotation("train", step_num=step),
+            jax.transfer_guard_device_to_host("disallow")):
         with _reading(config, f"at step {step}"):
           batch = next(train_iter)
         state, metrics = train_step(state, parallel.host_to_global(batch, mesh), step_rng)
