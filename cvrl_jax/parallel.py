@@ -7,6 +7,7 @@ BatchNorm, MoCo's ShuffleBN) names the axis ``DATA``.
 """
 
 import glob
+import importlib.util
 import os
 from typing import Any, Mapping, Optional
 
@@ -25,8 +26,9 @@ PROCESS_ID_ENV = "JAX_PROCESS_ID"
 
 
 def _on_tpu_host() -> bool:
-  """A Cloud TPU VM (any worker of a slice): TPU chips are visible as device files."""
-  return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
+  """A Cloud TPU VM (any worker of a slice): TPU chips as device files, and libtpu."""
+  chips = glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*")
+  return bool(chips) and importlib.util.find_spec("libtpu") is not None
 
 
 def initialize_distributed(environ: Optional[Mapping[str, str]] = None,

@@ -119,6 +119,39 @@ def _launch(workdir, num_processes: int, devices_per_process: int) -> None:
   assert not failed, "\n".join(failed)
 
 
+@pytest.mark.parametrize("env, joins", [
+    ({}, False),
+    ({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "1", "JAX_PROCESS_ID": "0"},
+     False),
+    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.2:8476", "JAX_NUM_PROCESSES": "4",
+      "JAX_PROCESS_ID": "3"}, True),
+])
+def test_initialize_distributed_joins_only_when_told(monkeypatch, env, joins):
+  import jax
+  from cvrl_jax import parallel
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+  monkeypatch.setattr(jax, "process_count", lambda: 4)
+  assert parallel.initialize_distributed(env, on_tpu_host=False) == joins
+  assert calls == ([{"coordinator_address": "10.0.0.2:8476", "num_processes": 4,
+                     "process_id": 3}] if joins else [])
+
+
+def test_initialize_distributed_auto_detects_on_a_tpu_vm(monkeypatch):
+  import jax
+  from cvrl_jax import parallel
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+  assert parallel.initialize_distributed({}, on_tpu_host=True)
+  assert calls == [{}]  # JAX reads the slice's workers from the TPU VM metadata
+
+
+def test_incomplete_multi_process_settings_are_refused():
+  from cvrl_jax import parallel
+  with pytest.raises(ValueError, match="JAX_NUM_PROCESSES, JAX_PROCESS_ID unset"):
+    parallel.initialize_distributed({"JAX_COORDINATOR_ADDRESS": "h:1"}, on_tpu_host=False)
+
+
 def _metrics(path) -> list[dict]:
   with open(path / "metrics.jsonl") as f:
     return [json.loads(line) for line in f]
