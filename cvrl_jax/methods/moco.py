@@ -173,7 +173,8 @@ def shuffle_bn(net: nn.Module, variables: Any, images: jax.Array, rng: jax.Array
 def _head(config: ml_collections.ConfigDict, axis_name: Optional[str]) -> MLPHead:
   head = config.head
   dims = [head.hidden_dim] * (head.num_layers - 1) + [head.output_dim]
-  return MLPHead(dims, use_bn=head.get("use_bn", True), axis_name=axis_name)
+  return MLPHead(dims, use_bn=head.get("use_bn", True), last_bn=head.get("last_bn", True),
+                 axis_name=axis_name)
 
 
 class _MomentumContrast(base.Method):

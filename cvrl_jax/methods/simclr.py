@@ -43,6 +43,11 @@ class SimCLR(base.Method):
     variables = self._net(None).init(rng, images, train=False)
     return variables["params"], variables["batch_stats"], {}
 
+  def contrastive_loss(self, z1: jax.Array, z2: jax.Array, batch: dict,
+                       axis_name: Optional[str]) -> jax.Array:
+    """NT-Xent of the projections, this device's share (SupCon's uses the labels)."""
+    return losses.nt_xent(z1, z2, temperature=self.config.temperature, axis_name=axis_name)
+
   def loss(self, params, batch_stats, extra, batch, rng, step, axis_name):
     del rng, step
     v1, v2 = batch["views"]
@@ -50,8 +55,7 @@ class SimCLR(base.Method):
         {"params": params, "batch_stats": batch_stats},
         jnp.concatenate([v1, v2]), train=True, mutable=["batch_stats"])
     z1, z2 = jnp.split(z, 2)
-    loss = base.pmean(losses.nt_xent(z1, z2, temperature=self.config.temperature,
-                                     axis_name=axis_name), axis_name)
+    loss = base.pmean(self.contrastive_loss(z1, z2, batch, axis_name), axis_name)
     labels = jnp.concatenate([batch["label"], batch["label"]])
     probe_loss, metrics = base.probe_loss_and_metrics(logits, labels, axis_name)
     return loss + probe_loss, (updates["batch_stats"], extra, {"loss": loss, **metrics})
