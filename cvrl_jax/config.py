@@ -22,7 +22,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_crop_proportion = 0.875
 
   c.batch_size = 4096          # global, over all devices of all processes
-  c.num_epochs = 100
+  c.num_epochs = 100.0         # may be fractional; total_steps, when set, wins
   c.total_steps = 0            # 0: derived from num_epochs
   c.seed = 0
   c.num_devices = 0            # 0: every device; N: the first N (tests, benchmarks)
