@@ -29,7 +29,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict(dict(
       name="resnet",  # or "vit" (configs/moco_v3.py:vit_small)
-      depth=50, width_multiplier=1.0, sk_ratio=0.0, stem="imagenet", bn_momentum=0.9))
+      depth=50, width_multiplier=1.0, sk_ratio=0.0, stem="imagenet", bn_momentum=0.9,
+      dtype="auto",   # backbone compute: "auto" = bfloat16 on TPU, else float32
+      remat=False))   # recompute blocks in the backward pass (benchmarks/memory.py)
 
   c.augment = ml_collections.ConfigDict(dict(
       crop_area=(0.08, 1.0), color_strength=1.0, grayscale_p=0.2,

@@ -79,26 +79,36 @@ class Block(nn.Module):
   width: int
   num_heads: int
   mlp_ratio: int = 4
+  dtype: jnp.dtype = jnp.float32  # compute dtype; parameters stay float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = nn.LayerNorm(epsilon=1e-6, name="norm1")(x)
+    y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm1")(x)
     x = x + nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, kernel_init=_xavier, name="attn")(y, y)
-    y = nn.LayerNorm(epsilon=1e-6, name="norm2")(x)
-    y = nn.Dense(self.mlp_ratio * self.width, kernel_init=_xavier, name="mlp_1")(y)
-    y = nn.Dense(self.width, kernel_init=_xavier, name="mlp_2")(nn.gelu(y, approximate=False))
+        num_heads=self.num_heads, kernel_init=_xavier, dtype=self.dtype, name="attn")(y, y)
+    y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm2")(x)
+    y = nn.Dense(self.mlp_ratio * self.width, kernel_init=_xavier, dtype=self.dtype,
+                 name="mlp_1")(y)
+    y = nn.Dense(self.width, kernel_init=_xavier, dtype=self.dtype,
+                 name="mlp_2")(nn.gelu(y, approximate=False))
     return x + y
 
 
 class ViT(nn.Module):
-  """Vision Transformer encoder returning the class token's features ``[N, width]``."""
+  """Vision Transformer encoder returning the class token's features ``[N, width]``.
+
+  ``dtype`` is the blocks' compute dtype (bfloat16 for mixed precision); the patch
+  projection, the parameters and the returned features are float32. ``remat``
+  recomputes each block's activations in the backward pass instead of storing them.
+  """
   width: int = 384
   depth: int = 12
   num_heads: int = 12
   patch_size: int = 16
   mlp_ratio: int = 4
   frozen_patch_embed: bool = False
+  dtype: jnp.dtype = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool) -> jax.Array:
@@ -108,6 +118,9 @@ class ViT(nn.Module):
     x = x + sincos_2d(grid, self.width)
     cls = self.param("cls_token", nn.initializers.normal(1e-6), (1, 1, self.width))
     x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.width)), x], axis=1)
+    block_cls = nn.remat(Block) if self.remat else Block
+    x = x.astype(self.dtype)
     for i in range(self.depth):
-      x = Block(self.width, self.num_heads, self.mlp_ratio, name=f"block{i + 1}")(x)
-    return nn.LayerNorm(epsilon=1e-6, name="norm")(x[:, 0])
+      x = block_cls(self.width, self.num_heads, self.mlp_ratio, self.dtype,
+                    name=f"block{i + 1}")(x)
+    return nn.LayerNorm(epsilon=1e-6, name="norm")(x[:, 0].astype(jnp.float32))
