@@ -28,7 +28,11 @@ Variants (``--config=configs/simsiam.py:NAME``):
       python -m cvrl_jax.main --config=configs/simsiam.py:cpu \
           --config.data_dir=../shared/tfds --workdir=/tmp/simsiam_cpu
 
-  Not measured yet.
+  Measured 2026-11-23 on the 2-core CPU (8 simulated devices): kNN top-1 (10k
+  train bank, 2k test queries) 26.85% for the randomly initialised encoder
+  (step 0) -> 32.1% at step 250 -> 34.55% at step 500; the online linear probe
+  reaches ~24% train top-1; no collapse (z_std ~0.062, 1/sqrt(256) = 0.0625
+  when healthy). Wall time 8.6 min (97-150 images/s logged).
 """
 
 import ml_collections
