@@ -54,13 +54,17 @@ def one_and_eight_devices(module, base_lr: float = 1.0):
   assert jax.device_count() == 8
   config = tiny_config(module, base_lr)
   (s1, h1), (s8, h8) = run_steps(config, 1), run_steps(config, 8)
+  # Tolerances as tests/test_moco.py's: the meshes reduce in different orders,
+  # and SGD on a tiny model amplifies the rounding a little every step; a wrong
+  # global quantity or gradient scale differs by far more.
   for step, (m1, m8) in enumerate(zip(h1, h8)):
     assert np.isfinite(m1["loss"]), step
-    assert m8 == pytest.approx(m1, rel=2e-4, abs=1e-5), step
+    assert m8["loss"] == pytest.approx(m1["loss"], rel=2e-4), step
+    assert m8 == pytest.approx(m1, rel=1e-3, abs=1e-5), step
   for name in ("params", "batch_stats", "extra"):
     for a, b in zip(jax.tree.leaves(getattr(s1, name)), jax.tree.leaves(getattr(s8, name)),
                     strict=True):
-      np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5, err_msg=name)
+      np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4, err_msg=name)
   return s8, h8
 
 
