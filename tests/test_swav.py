@@ -130,7 +130,14 @@ def test_swapped_prediction_by_hand():
 
 
 def _steps(c, num_steps, num_devices=2):
-  """(first state, state after ``num_steps`` train steps) on random images."""
+  """[first state, state after each of ``num_steps`` train steps] on random images.
+
+  Plain SGD at a visible rate (unless ``c`` picks AdamW): LARS's small trust-ratio
+  steps would hide the difference between a frozen and a learning layer.
+  """
+  if c.optimizer.name != "adamw":
+    c.optimizer.update(name="sgd", base_lr=0.5, lr_scaling="none", weight_decay=1e-4,
+                       warmup_epochs=0.0)
   mesh = parallel.make_mesh(num_devices)
   method = methods.get_method(c, 10, c.total_steps)
   tx, _ = optim.create_optimizer(c, c.batch_size, c.total_steps, 4)
