@@ -1,5 +1,11 @@
-"""Entry point: ``python -m cvrl_jax.main --config=configs/simclr_v2.py --workdir=DIR``."""
+"""Entry point: ``python -m cvrl_jax.main --config=configs/simclr_v2.py --workdir=DIR``.
 
+The config's ``task`` picks the run: pre-training (no ``task`` key), or an
+evaluation of a pre-trained workdir (configs/linear_eval.py, finetune.py,
+distill.py, knn_eval.py). Each is a module with ``train_and_evaluate(config, workdir)``.
+"""
+
+import importlib
 import logging as py_logging
 import os
 
@@ -16,13 +22,21 @@ from ml_collections import config_flags  # noqa: E402
 import jax  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from cvrl_jax import parallel, train  # noqa: E402
+from cvrl_jax import parallel  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl and TensorBoard go here.")
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/simclr_v2.py:cpu.",
                                 lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
+
+TASKS = {
+    "pretrain": "cvrl_jax.train",
+    "linear_eval": "cvrl_jax.evaluation.linear",
+    "finetune": "cvrl_jax.evaluation.finetune",
+    "distill": "cvrl_jax.evaluation.distill",
+    "knn": "cvrl_jax.evaluation.knn_eval",
+}
 
 
 class _QuietLibraries(py_logging.Filter):
@@ -59,7 +73,10 @@ def main(argv):
   parallel.initialize_distributed()  # pod slices / JAX_COORDINATOR_ADDRESS; else a no-op
   logging.info("JAX process %d / %d, devices: %s", jax.process_index(),
                jax.process_count(), jax.devices())
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  task = FLAGS.config.get("task", "pretrain")
+  if task not in TASKS:
+    raise app.UsageError(f"config.task={task!r}: use one of {sorted(TASKS)}.")
+  importlib.import_module(TASKS[task]).train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

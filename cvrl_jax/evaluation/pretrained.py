@@ -1,0 +1,259 @@
+"""Encoders from pre-training workdirs, and the classifier evaluations put on them.
+
+A pre-training workdir (any method) holds ``config.json`` and ``checkpoints/``.
+``load_pretrained`` rebuilds the method from that config and restores only the
+encoder and the projection head (parameters and BatchNorm statistics) of the
+chosen step, directly onto the mesh; the optimiser state is never read.
+
+Step 0 is the encoder as the pre-training run initialised it (the same seed, the
+same ``method.init``), which is the randomly initialised baseline every
+evaluation is compared with: ``--config.pretrained_step=0`` runs the same
+protocol, through the same code, on that encoder. The pre-training run's kNN
+monitor measured this very encoder at step 0.
+
+Evaluations put a ``Classifier`` on the encoder: encoder -> the first
+``representation_layer`` layers of the projection head (SimCLR v2 fine-tunes
+from the first) -> a linear layer. Its parameters keep the pre-training names
+(``encoder``, ``head/dense_0``, ``head/bn_0``) plus ``classifier``. Every
+evaluation workdir records the network it trained in ``config.json`` under
+``network``, so ``load_classifier`` can rebuild and restore it (a fine-tuned
+teacher for distillation).
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import orbax.checkpoint as ocp
+import tensorflow as tf
+
+from cvrl_jax import methods, parallel
+from cvrl_jax.methods import base
+
+BACKBONE = ("encoder", "head")  # the parameter groups restored from pre-training
+LATEST = -1
+
+
+class PretrainedNotFoundError(FileNotFoundError):
+  """The pre-training (or teacher) workdir is missing or has nothing to restore."""
+
+
+class HeadLayers(nn.Module):
+  """The first layers of a pre-trained ``MLPHead``: Dense -> BN -> ReLU each.
+
+  Same parameter names as ``models.heads.MLPHead`` (``dense_i``, ``bn_i``), so the
+  pre-trained values load as they are. These are never the head's last layer,
+  so each BN has its offset and a ReLU follows, as in the head.
+  """
+  dims: Sequence[int]
+  use_bn: bool = True
+  axis_name: Optional[str] = None
+  bn_momentum: float = 0.9
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    for i, dim in enumerate(self.dims):
+      x = nn.Dense(dim, use_bias=not self.use_bn, name=f"dense_{i}")(x)
+      if self.use_bn:
+        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                         axis_name=self.axis_name if train else None, name=f"bn_{i}")(x)
+      x = nn.relu(x)
+    return x
+
+
+class Classifier(nn.Module):
+  """Encoder [-> head layers] -> linear classifier (zero-initialised, as SimCLR)."""
+  encoder: nn.Module
+  head: Optional[nn.Module]
+  num_classes: int
+
+  def setup(self):
+    self.classifier = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros)
+
+  def represent(self, images: jax.Array, train: bool) -> jax.Array:
+    h = self.encoder(images, train=train)
+    return h if self.head is None else self.head(h, train=train)
+
+  def classify(self, features: jax.Array) -> jax.Array:
+    return self.classifier(features)
+
+  def __call__(self, images: jax.Array, train: bool) -> jax.Array:
+    return self.classify(self.represent(images, train))
+
+
+def network_spec(pre_config: ml_collections.ConfigDict, representation_layer: int,
+                 num_classes: int) -> dict:
+  """What ``build_classifier`` needs, JSON-serialisable (saved in every eval workdir)."""
+  head_dims: list[int] = []
+  if representation_layer > 0:
+    head = pre_config.get("head")
+    if head is None or head.get("num_layers", 0) <= representation_layer:
+      raise ValueError(
+          f"representation_layer={representation_layer} needs a projection head with more "
+          f"than {representation_layer} layers; the pre-training config "
+          f"(method {pre_config.method}) has {head.num_layers if head else 'no'} head. "
+          "Use --config.representation_layer=0 (the encoder output).")
+    head_dims = [head.hidden_dim] * representation_layer
+  return {"model": pre_config.model.to_dict(), "head_dims": head_dims,
+          "head_bn": bool(pre_config.get("head", {}).get("use_bn", True)),
+          "num_classes": int(num_classes)}
+
+
+def build_classifier(spec: dict, axis_name: Optional[str]) -> Classifier:
+  """The ``Classifier`` a ``network_spec`` describes (BN cross-replica over ``axis_name``)."""
+  model_config = ml_collections.ConfigDict({"model": spec["model"]})
+  encoder = base.make_encoder(model_config, axis_name)
+  head = (HeadLayers(tuple(spec["head_dims"]), use_bn=spec["head_bn"], axis_name=axis_name,
+                     bn_momentum=spec["model"].get("bn_momentum", 0.9))
+          if spec["head_dims"] else None)
+  return Classifier(encoder, head, spec["num_classes"])
+
+
+@dataclasses.dataclass
+class Pretrained:
+  """What an evaluation takes from a pre-training run."""
+  config: ml_collections.ConfigDict  # the pre-training run's config
+  step: int                          # 0: the initialisation (random encoder)
+  params: dict                       # {"encoder": ..., "head": ...} (head if it has one)
+  batch_stats: dict
+
+
+def read_config(workdir: str, what: str = "pre-training") -> ml_collections.ConfigDict:
+  """``workdir/config.json`` as a ConfigDict, or an error naming what is wrong."""
+  path = os.path.join(workdir, "config.json")
+  if not workdir or not tf.io.gfile.exists(path):
+    raise PretrainedNotFoundError(
+        f"No {what} run at {workdir!r}: expected its workdir, holding config.json and "
+        f"checkpoints/ (what `python -m cvrl_jax.main --workdir=DIR` writes). Point "
+        f"--config.pretrained at such a workdir.")
+  try:
+    with tf.io.gfile.GFile(path) as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except (json.JSONDecodeError, ValueError, TypeError) as e:
+    raise PretrainedNotFoundError(f"{path} is not a readable config ({e}).") from e
+
+
+def _manager(workdir: str) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                               item_handlers=ocp.PyTreeCheckpointHandler())
+
+
+def restore_subtrees(workdir: str, step: int, abstract: dict, what: str) -> tuple[dict, int]:
+  """Restores the subtrees of a TrainState checkpoint that ``abstract`` names.
+
+  ``abstract`` maps top-level state fields (params, batch_stats, extra) to trees
+  of ShapeDtypeStructs with shardings; nothing else in the checkpoint is read.
+  ``step`` -1 means the latest. Returns the values and the step restored.
+  """
+  mngr = _manager(workdir)
+  steps = mngr.all_steps()
+  if not steps:
+    raise PretrainedNotFoundError(
+        f"The {what} workdir {workdir} has no checkpoints (checkpoints/ is empty or "
+        "missing): the run has not saved yet.")
+  step = max(steps) if step == LATEST else step
+  if step not in steps:
+    raise PretrainedNotFoundError(
+        f"No checkpoint at step {step} in {mngr.directory}; there are steps {steps}. "
+        "Use --config.pretrained_step=-1 for the latest, or 0 for the initialisation.")
+  try:
+    restored = mngr.restore(step, args=ocp.args.PyTreeRestore(item=abstract,
+                                                              partial_restore=True))
+  except Exception as e:  # orbax raises many types; all mean the same to a user.
+    raise RuntimeError(
+        f"Cannot read the {what} checkpoint at step {step} in {mngr.directory} "
+        f"({type(e).__name__}: {e}). It may be corrupt, or written by a different "
+        "config than its config.json: choose another step with "
+        "--config.pretrained_step.") from e
+  return restored, step
+
+
+def _abstract(tree: Any, sharding) -> Any:
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def load_pretrained(workdir: str, step: int, mesh: jax.sharding.Mesh) -> Pretrained:
+  """The encoder and head of the pre-training run in ``workdir`` at ``step``.
+
+  ``step`` -1: the latest checkpoint; 0: the run's initialisation (no checkpoint
+  is read); N: that step. Values come back replicated on ``mesh``.
+  """
+  config = read_config(workdir)
+  # num_classes only sizes the online probe, which evaluations drop.
+  method = methods.get_method(config, num_classes=1,
+                              total_steps=max(config.get("total_steps") or 1, 1))
+  size = config.image_size
+  init_rng = jax.random.split(jax.random.PRNGKey(config.seed))[0]  # as train.py
+
+  def init(rng):
+    params, batch_stats, _ = method.init(rng, jnp.zeros((2, size, size, 3), jnp.float32))
+    pick = lambda tree: {k: tree[k] for k in BACKBONE if k in tree}
+    return pick(params), pick(batch_stats)
+
+  if "encoder" not in jax.eval_shape(init, init_rng)[0]:
+    raise ValueError(f"Method {config.method!r} has no 'encoder' parameters to evaluate.")
+  replicated = parallel.replicated(mesh)
+  if step == 0:
+    params, batch_stats = jax.jit(init, out_shardings=replicated)(init_rng)
+    return Pretrained(config, 0, params, batch_stats)
+  shapes = jax.eval_shape(init, init_rng)
+  restored, step = restore_subtrees(
+      workdir, step, {"params": _abstract(shapes[0], replicated),
+                      "batch_stats": _abstract(shapes[1], replicated)}, "pre-training")
+  return Pretrained(config, step, restored["params"], restored["batch_stats"])
+
+
+def backbone_variables(pretrained: Pretrained, spec: dict) -> dict:
+  """The pre-trained encoder (and head layers ``spec`` keeps) as Classifier variables."""
+  keep = lambda tree: {
+      "encoder": tree["encoder"],
+      **({"head": {k: v for k, v in tree["head"].items()
+                   if int(k.rsplit("_", 1)[1]) < len(spec["head_dims"])}}
+         if spec["head_dims"] else {})}
+  variables = {"params": keep(pretrained.params)}
+  if "encoder" in pretrained.batch_stats:  # ViTs have no BatchNorm
+    variables["batch_stats"] = keep({"head": {}, **pretrained.batch_stats})
+  return variables
+
+
+@dataclasses.dataclass
+class TrainedClassifier:
+  """A classifier an evaluation run trained (a distillation teacher)."""
+  spec: dict
+  step: int
+  variables: dict
+
+
+def load_classifier(workdir: str, mesh: jax.sharding.Mesh, step: int = LATEST
+                    ) -> TrainedClassifier:
+  """The ``Classifier`` a linear-eval, fine-tuning or distillation run saved in ``workdir``."""
+  config = read_config(workdir, "teacher (fine-tuning)")
+  if "network" not in config:
+    raise PretrainedNotFoundError(
+        f"{workdir} is not an evaluation run (its config.json has no 'network'): the "
+        "teacher must be the workdir of a configs/finetune.py (or linear_eval.py, "
+        "distill.py) run.")
+  spec = config.network.to_dict()
+  net = build_classifier(spec, None)
+  size = config.image_size
+  shapes = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0),
+                                           jnp.zeros((2, size, size, 3)), train=False))
+  replicated = parallel.replicated(mesh)
+  shapes = _abstract(shapes, replicated)
+  if spec.get("frozen_backbone"):  # a linear probe: the backbone sits in ``extra``
+    backbone = {"params": {k: v for k, v in shapes["params"].items() if k != "classifier"}}
+    if "batch_stats" in shapes:
+      backbone["batch_stats"] = shapes["batch_stats"]
+    abstract = {"params": {"classifier": shapes["params"]["classifier"]}, "extra": backbone}
+  else:
+    abstract = {k: v for k, v in shapes.items() if k in ("params", "batch_stats")}
+  restored, step = restore_subtrees(workdir, step, abstract, "teacher")
+  if spec.get("frozen_backbone"):
+    extra = restored.pop("extra")
+    restored = {**extra, "params": {**extra["params"], **restored["params"]}}
+  return TrainedClassifier(spec, step, restored)
