@@ -61,11 +61,11 @@ class LinearProbe(classification.Task):
 def extract_features(task: LinearProbe, state, batches, mesh) -> tuple[np.ndarray, np.ndarray]:
   """Representations and labels of every real (unpadded) example, on every process."""
   @jax.jit
-  def features(batch):
-    return task._features(state.extra, batch), batch["label"]
+  def features(extra, batch):
+    return task._features(extra, batch), batch["label"]
 
   feats, labels = knn.extract(
-      lambda b: multihost_utils.process_allgather(features(b), tiled=True),
+      lambda b: multihost_utils.process_allgather(features(state.extra, b), tiled=True),
       (parallel.host_to_global(b, mesh) for b in batches))
   keep = labels >= 0
   return feats[keep], labels[keep]
