@@ -28,5 +28,7 @@ setuptools.setup(
         # Export tests: torch's CPU build installs from the local wheel folder
         # (find-links); the pins keep pip from choosing a newer CUDA build.
         "torch==2.13.0", "torchvision==0.28.0", "safetensors>=0.4",
+        # The Colab notebook, executed on the CPU (tests/test_notebook.py).
+        "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "matplotlib>=3.8",
     ]},
 )
