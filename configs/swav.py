@@ -28,7 +28,12 @@ Variants (``--config=configs/swav.py:NAME``):
       python -m cvrl_jax.main --config=configs/swav.py:cpu \
           --config.data_dir=../shared/tfds --workdir=/tmp/swav_cpu
 
-  Not measured yet.
+  Measured 2026-11-23 on the 2-core CPU (8 simulated devices): kNN top-1 (10k
+  train bank, 2k test queries) 26.85% for the randomly initialised encoder
+  (step 0) -> 28.7% at step 250 -> 33.6% at step 500; loss 4.87 -> 4.39 (log 100
+  = 4.61 is a uniform prediction), the online probe ~24% train top-1. Wall time
+  12.2 min (~89 images/s). It learns, but slower than MoCo v3 in the same budget
+  (37.65%): SwAV is known to start slowly, and no variant was tried.
 """
 
 import ml_collections
