@@ -64,7 +64,11 @@ def one_and_eight_devices(module, base_lr: float = 1.0):
   for name in ("params", "batch_stats", "extra"):
     for a, b in zip(jax.tree.leaves(getattr(s1, name)), jax.tree.leaves(getattr(s8, name)),
                     strict=True):
-      np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4, err_msg=name)
+      # Rounding scales with a leaf's largest entry (a ViT class token reaches ~14);
+      # NNCLR's unit-length queue rows differ by up to 2e-4. A queue in the wrong
+      # order or a local statistic differs by O(1).
+      np.testing.assert_allclose(a, b, rtol=1e-3, atol=5e-4 * max(1.0, np.abs(b).max()),
+                                 err_msg=name)
   return s8, h8
 
 
