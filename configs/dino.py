@@ -30,15 +30,20 @@ Variants (``--config=configs/dino.py:NAME``):
           --config.data_dir=../shared/tfds --workdir=/tmp/dino_cifar10
 
 * ``cpu``: the ``cifar10`` recipe shrunk to a 2-core laptop CPU: ResNet-18 x0.25,
-  batch 128, 500 steps (1.3 epochs), LARS lr 4.0 x B/256 (SimCLR's cpu rate),
-  head 256 / 64 / 1024 outputs, teacher momentum from 0.9 (as MoCo v3's cpu
-  preset), teacher temperature 0.04, last layer frozen for 0.13 epochs (50
-  steps); multi-crop kept modest, 2 x 32 px + 2 x 16 px:
+  batch 128, 500 steps (1.3 epochs), LARS lr 1.0 x B/256, head 256 / 64 / 1024
+  outputs, teacher momentum from 0.99, teacher temperature 0.04, last layer
+  frozen for 0.13 epochs (50 steps); multi-crop kept modest, 2 x 32 px + 2 x 16 px:
 
       python -m cvrl_jax.main --config=configs/dino.py:cpu \
           --config.data_dir=../shared/tfds --workdir=/tmp/dino_cpu
 
-  Not measured yet.
+  Measured 2026-11-23 on the 2-core CPU (8 simulated devices): kNN top-1 (10k
+  train bank, 2k test queries) 26.85% for the randomly initialised encoder
+  (step 0) -> 32.95% at step 250 -> 32.4% at step 500; the teacher's entropy
+  settles near 5.77 (log 1024 = 6.93), the online probe ~25% train top-1. Wall
+  time 14.8 min (~80-90 images/s). The first run, at SimCLR's cpu rate (LARS
+  4.0) with teacher momentum from 0.9, was unstable (teacher entropy swinging
+  between 0.7 and 6.6) and reached only 27.25% -> 28.75%.
 """
 
 import ml_collections
@@ -89,8 +94,8 @@ def get_config(variant: str = "imagenet") -> ml_collections.ConfigDict:
   if variant == "cpu":
     config_lib.use_cpu(c, total_steps=500)
     c.num_epochs = 500 * 128 / 50_000  # total_steps wins; converts the epoch fields
-    c.optimizer.base_lr = 4.0
-    c.dino.update(hidden_dim=256, bottleneck_dim=64, out_dim=1024, momentum=0.9,
+    c.optimizer.base_lr = 1.0  # 4.0 with momentum 0.9: unstable, see above
+    c.dino.update(hidden_dim=256, bottleneck_dim=64, out_dim=1024, momentum=0.99,
                   teacher_temp=0.04, teacher_temp_warmup_epochs=0.0,
                   freeze_last_layer_epochs=0.13)
     c.multicrop.num_small = 2
