@@ -14,6 +14,7 @@
 
 import csv
 import hashlib
+import os
 from typing import Iterator, Optional
 
 import jax
@@ -86,6 +87,7 @@ def class_balanced_fraction(labels: np.ndarray, fraction: float, seed: int) -> n
 def write_listing(path: str, indices: np.ndarray, labels: np.ndarray, ids: list[str]) -> str:
   """Writes ``index,id,label`` rows for the chosen examples; returns a short fingerprint."""
   if jax.process_index() == 0:
+    tf.io.gfile.makedirs(os.path.dirname(path) or ".")
     with tf.io.gfile.GFile(path, "w") as f:
       w = csv.writer(f)
       w.writerow(["index", "id", "label"])
