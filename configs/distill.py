@@ -23,7 +23,12 @@ the ``finetune.py:cpu_10pct`` run):
         --config.teacher=/tmp/ft10_cpu --config.data_dir=../shared/tfds \
         --workdir=/tmp/distill_cpu
 
-MEASURED_DISTILL_CPU
+Measured 2026-11-23 on the 2-core CPU (8 simulated devices): teacher the
+``finetune.py:cpu_10pct`` run (42.67% top-1), student a ResNet-18 x0.25 from
+scratch on all 50k unlabelled training images for 400 steps: top-1 40.18%,
+top-5 88.61% on the 10,000 test images (68% agreement with the teacher on the
+training batches), 3.8 min. For scale: the student never saw a label, and
+fine-tuning a random encoder on the 5,000 labels reaches 38.05%.
 """
 
 import ml_collections
@@ -44,9 +49,13 @@ def get_config(variant: str = "imagenet") -> ml_collections.ConfigDict:
                      warmup_epochs=10.0, schedule="cosine")
   c.batch_size, c.num_epochs = 4096, 400.0
   if variant == "cpu":
-    # The cpu pre-training's optimiser (configs/simclr_v2.py:cpu): LARS 4.0 x B/256,
-    # 10% warm-up; 400 steps, about one epoch of CIFAR-10's 50k images.
-    c.optimizer.update(base_lr=4.0, lr_scaling="linear")
+    # LARS 1.0 x B/256 (0.5; the zero-initialised classifier takes plain momentum
+    # steps at that rate), 10% warm-up, tau 1.0; 400 steps, about one epoch of
+    # CIFAR-10's 50k images. The cpu pre-training's rate (4.0) with tau 0.1 diverged
+    # (NaN by step 50): the classifier's steps and the 1/tau-scaled gradients are
+    # both large.
+    c.distill.temperature = 1.0
+    c.optimizer.update(base_lr=1.0, lr_scaling="linear")
     c.batch_size, c.total_steps = 128, 400
     c.optimizer.warmup_epochs = 0.1 * 400 / (50_000 // 128)
     c.eval_batch_size = 512

@@ -24,7 +24,26 @@ dataset), ``cpu_1pct`` / ``cpu_10pct`` (CIFAR-10 on a 2-core CPU):
         --config.pretrained=/tmp/simclr_cpu --config.data_dir=../shared/tfds \
         --workdir=/tmp/ft10_cpu
 
-MEASURED_FINETUNE_CPU
+Measured 2026-11-23 on the 2-core CPU (8 simulated devices) from the
+``simclr_v2.py:cpu`` run (700 steps), top-1 / top-5 on the 10,000 CIFAR-10 test
+images, against the same recipe on its randomly initialised encoder
+(``--config.pretrained_step=0``):
+
+* ``cpu_10pct`` (5,000 labelled images, 8 epochs, 312 steps, 2.5 min):
+  42.67% / 89.66%; random init 38.05% / 88.64%.
+* ``cpu_1pct`` (500 labelled images, 60 epochs, 180 steps, 2.0 min):
+  32.70% / 84.64%; random init 30.29% / 82.51%.
+
+Transfer (fine-tuning on all 1,442 training images of the digits image folder,
+see configs/linear_eval.py; 30 epochs, 330 steps, 2.7 min):
+
+    python -m cvrl_jax.main --config=configs/finetune.py:cpu_10pct \
+        --config.pretrained=/tmp/simclr_cpu --config.dataset=image_folder \
+        --config.data_dir=/tmp/digits --config.label_fraction=1.0 \
+        --config.num_epochs=30 --workdir=/tmp/tr_ft
+
+top-1 92.11%; random init 92.68%: with every label of an easy dataset, fine-tuning
+erases the pre-training's advantage (the linear probe keeps it: 80.85% vs 18.31%).
 """
 
 import ml_collections

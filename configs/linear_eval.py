@@ -25,7 +25,25 @@ Variants (``--config=configs/linear_eval.py:NAME``):
           --config.pretrained=/tmp/simclr_cpu --config.data_dir=../shared/tfds \
           --workdir=/tmp/linear_cpu
 
-  MEASURED_LINEAR_CPU
+  Measured 2026-11-23 on the 2-core CPU (8 simulated devices), from the
+  ``simclr_v2.py:cpu`` run (700 steps, kNN 38.7%): top-1 44.63% / top-5 89.20%
+  on the 10,000 CIFAR-10 test images; the same protocol on its randomly
+  initialised encoder (``--config.pretrained_step=0``): 25.80% / 77.32%. 1.3 min
+  each, of which about a minute caches the 60k images' features. The recipe's
+  rate is high for these unnormalised features (loss peaks near 70 early on,
+  then settles at 2.8 by the end).
+
+  Transfer to another dataset: set ``dataset`` (and ``data_dir``). Measured on
+  scikit-learn's real 8x8 handwritten digits, upsampled to 32 px and written as
+  an image folder (``python -m cvrl_jax.evaluation.digits_folder
+  --out=/tmp/digits``; 1,442 train / 355 test images), batch 512 (the split
+  has fewer than 4096 images):
+
+      python -m cvrl_jax.main --config=configs/linear_eval.py:cpu \
+          --config.pretrained=/tmp/simclr_cpu --config.dataset=image_folder \
+          --config.data_dir=/tmp/digits --config.batch_size=512 --workdir=/tmp/tr_lin
+
+  top-1 80.85% (random-init encoder: 18.31%), 0.4 min.
 
 Options: ``representation_layer=1`` evaluates the SimCLR v2 head's first layer;
 ``dataset`` (+ ``data_dir``, splits) another dataset than pre-training's (transfer);
