@@ -6,12 +6,18 @@ r"""Training and input-pipeline throughput of a config on the devices present.
 Prints a table (and with --json_out writes JSON) of: steady-state training images/s
 (images, not views; compile excluded), the step time split into the device's
 compute (steps on one resident batch) and the wait for input, the compile time,
-model FLOP utilisation (the step's FLOPs from XLA's cost analysis / step time /
-peak FLOP/s), the input pipeline's images/s alone (with all cores and per core),
+model FLOP utilisation (the step's FLOPs from XLA's cost analysis of the
+unoptimised program / step time / peak FLOP/s), the input pipeline's images/s alone (with all cores and per core),
 and peak host / device memory.
 
 Run it as a module from the repository root, like the main job (configs import
 each other as ``configs.*``); a CPU is split into 8 XLA devices as in main.py.
+
+``--synthetic`` times the device alone on random batches and never imports
+TensorFlow, for accelerator hosts that have JAX but no TF (benchmarks/gpu.sh):
+
+    python -m benchmarks.throughput --config=configs/byol.py --synthetic \
+        --config.batch_size=256 --config.model.dtype=bfloat16
 """
 
 import datetime
@@ -28,20 +34,23 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from cvrl_jax import input_pipeline, methods, optim, parallel, train  # noqa: E402
+from cvrl_jax import methods, optim, parallel, step as step_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-flags.DEFINE_integer("steps", 20, "Timed training steps (after 2 warm-up steps).")
+flags.DEFINE_integer("steps", 20, "Timed training steps (after 2 warm-up steps); 0 "
+                     "times the input pipeline alone.")
 flags.DEFINE_integer("input_batches", 50, "Batches timed for the input pipeline alone.")
 flags.DEFINE_float("peak_flops", None, "Peak FLOP/s of all devices together, for MFU. "
                    "Default: the table below for accelerators; on a CPU, a measured "
                    "float32 matrix product (the practical peak of XLA on this host).")
 flags.DEFINE_string("json_out", None, "Also write the results here as JSON.")
+flags.DEFINE_bool("synthetic", False, "Random device-resident batches: device compute "
+                  "only, no input pipeline, no TensorFlow import.")
 
 # Dense bfloat16 peak FLOP/s per chip, from the vendors' data sheets; matched as
 # substrings of ``device_kind``. MFU is quoted against it, as is usual.
@@ -92,6 +101,8 @@ def input_throughput(config, local_batch: int, num_batches: int,
 
   ``threads`` > 0 limits tf.data to that many threads (per-core throughput).
   """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from cvrl_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   ds = input_pipeline.train_dataset(config, local_batch)
   if threads:
     options = tf.data.Options()
@@ -106,6 +117,27 @@ def input_throughput(config, local_batch: int, num_batches: int,
   return num_batches * local_batch / (time.perf_counter() - start)
 
 
+def step_flops(method, tx, config) -> float:
+  """FLOPs of one global train step, as XLA counts the program before optimisation.
+
+  Lowered (not compiled) for one CPU device whatever runs the step: the count is
+  the model's. On a GPU the compiled program's convolutions are cuDNN calls that
+  XLA's cost analysis leaves out (and the GPU's lowered program has no analysis).
+  """
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices("cpu")[:1]), (parallel.DATA,),
+                           axis_types=(jax.sharding.AxisType.Explicit,))
+  size, batch = config.image_size, config.batch_size
+  state = jax.eval_shape(lambda r: step_lib.create_train_state(
+      method, tx, r, (batch, size, size, 3), mesh), jax.random.PRNGKey(0))
+  sharded = parallel.batch_sharded(mesh)
+  images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32, sharding=sharded)
+  inputs = {"views": (images,) * config.get("num_views", 2),
+            "label": jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sharded)}
+  lowered = step_lib.make_train_step(method, tx, mesh).lower(
+      state, inputs, jax.eval_shape(lambda: jax.random.PRNGKey(0)))
+  return lowered.cost_analysis()["flops"]
+
+
 def _timed(fn, steps: int) -> float:
   """Seconds per call of ``fn`` (which returns something to wait for)."""
   start = time.perf_counter()
@@ -115,22 +147,38 @@ def _timed(fn, steps: int) -> float:
   return (time.perf_counter() - start) / steps
 
 
-def train_throughput(config, steps: int) -> dict:
+def random_batches(config, local_batch: int):
+  """Endless copies of one random batch shaped like the pipeline's (views only)."""
+  rng = np.random.default_rng(0)
+  size = config.image_size
+  batch = {"views": tuple(rng.standard_normal((local_batch, size, size, 3), np.float32)
+                          for _ in range(config.get("num_views", 2))),
+           "label": np.zeros(local_batch, np.int32)}
+  while True:
+    yield batch
+
+
+def train_throughput(config, steps: int, synthetic: bool = False) -> dict:
   mesh = parallel.make_mesh(config.get("num_devices") or None)
   local_batch = parallel.check_batch_size(config.batch_size, mesh)
-  method = methods.get_method(config, input_pipeline.num_classes(config), 1000)
+  if synthetic:
+    num_classes, it = 1000, random_batches(config, local_batch)
+  else:
+    from cvrl_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+    num_classes = input_pipeline.num_classes(config)
+    it = input_pipeline.as_numpy(input_pipeline.train_dataset(config, local_batch))
+  method = methods.get_method(config, num_classes, 1000)
   tx, _ = optim.create_optimizer(config, config.batch_size, 1000, 100)
   shape = (local_batch // jax.local_device_count(), config.image_size, config.image_size, 3)
-  box = {"state": train.create_train_state(method, tx, jax.random.PRNGKey(0), shape, mesh)}
-  step = train.make_train_step(method, tx, mesh)
+  box = {"state": step_lib.create_train_state(method, tx, jax.random.PRNGKey(0), shape, mesh)}
+  step = step_lib.make_train_step(method, tx, mesh)
   rng = jax.device_put(jax.random.PRNGKey(1), parallel.replicated(mesh))
-  it = input_pipeline.as_numpy(input_pipeline.train_dataset(config, local_batch))
 
   batch = parallel.host_to_global(next(it), mesh)
   start = time.perf_counter()
   compiled = step.lower(box["state"], batch, rng).compile()
   compile_s = time.perf_counter() - start
-  flops = compiled.cost_analysis()["flops"] * mesh.devices.size  # cost is per device
+  flops = step_flops(method, tx, config)
 
   def run(batch):
     box["state"], metrics = compiled(box["state"], batch, rng)
@@ -149,7 +197,8 @@ def train_throughput(config, steps: int) -> dict:
     wait += time.perf_counter() - t
     return run(b)
 
-  step_s = _timed(from_input, steps)
+  # Synthetic: the same resident batch, so step time is the device's alone.
+  step_s = device_s if synthetic else _timed(from_input, steps)
   device_peak = [d.memory_stats().get("peak_bytes_in_use", 0) if d.memory_stats() else 0
                  for d in jax.local_devices()]
   peak, peak_source = peak_flops(list(mesh.devices.flat))
@@ -177,14 +226,20 @@ def main(argv):
       "date": datetime.date.today().isoformat(),
       "config": FLAGS["config"].config_filename,
       "devices": f"{mesh.devices.size} x {jax.devices()[0].device_kind}",
+      "jax": jax.__version__,
       "host_cores": os.cpu_count(),
       "batch_size": config.batch_size,
-      **train_throughput(config, FLAGS.steps),
-      "input_images_per_s": input_throughput(config, local_batch, FLAGS.input_batches),
-      "input_images_per_s_1_core": input_throughput(config, local_batch,
-                                                    FLAGS.input_batches, threads=1),
-      "peak_host_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+      "image_size": config.image_size,
+      "dtype": config.model.get("dtype", "auto"),
   }
+  if FLAGS.steps:
+    result.update(train_throughput(config, FLAGS.steps, FLAGS.synthetic))
+  if not FLAGS.synthetic:
+    result["input_images_per_s"] = input_throughput(config, local_batch,
+                                                    FLAGS.input_batches)
+    result["input_images_per_s_1_core"] = input_throughput(
+        config, local_batch, FLAGS.input_batches, threads=1)
+  result["peak_host_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   width = max(map(len, result))
   for k, v in result.items():
     print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")

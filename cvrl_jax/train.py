@@ -2,7 +2,8 @@
 
 One batch's path: ``input_pipeline.train_dataset`` (tf.data, per process) ->
 ``parallel.host_to_global`` (one array sharded over the mesh) -> ``train_step``
-(``shard_map`` over the mesh: ``method.loss``, optimiser, ``method.after_update``)
+(``step.py``: ``shard_map`` over the mesh: ``method.loss``, optimiser,
+``method.after_update``)
 -> metrics accumulated on device, written every ``log_every_steps``.
 
 Resume order: the latest checkpoint in ``workdir/checkpoints``, else a fresh
@@ -17,31 +18,19 @@ import math
 import os
 import signal
 import time
-from typing import Any, Optional
+from typing import Optional
 
-import flax
 import jax
-import jax.numpy as jnp
 import ml_collections
-import optax
 import orbax.checkpoint as ocp
 import tensorflow as tf
 from absl import logging
-from clu import metric_writers, metrics as clu_metrics, periodic_actions
+from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
-from jax.sharding import PartitionSpec as P
 
 from cvrl_jax import input_pipeline, methods, optim, parallel
+from cvrl_jax.step import TrainState, create_train_state, make_train_step  # noqa: F401
 from cvrl_jax.evaluation import knn
-from cvrl_jax.parallel import DATA
-
-
-class TrainState(flax.struct.PyTreeNode):
-  step: jax.Array
-  params: Any
-  batch_stats: Any
-  opt_state: Any
-  extra: Any  # the method's own state: momentum encoder, queue, centre, ...
 
 
 class JsonlWriter(metric_writers.interface.MetricWriter):
@@ -84,48 +73,6 @@ def num_train_steps(config: ml_collections.ConfigDict, num_examples: int) -> tup
                      f"{num_examples} training examples.")
   total = config.get("total_steps") or int(math.ceil(config.num_epochs * steps_per_epoch))
   return total, steps_per_epoch
-
-
-def create_train_state(method: methods.Method, tx: optax.GradientTransformation,
-                       rng: jax.Array, image_shape: tuple[int, ...],
-                       mesh: jax.sharding.Mesh) -> TrainState:
-  """Initialises replicated state directly on the mesh (nothing built on one device)."""
-
-  def init(rng):
-    params, batch_stats, extra = method.init(rng, jnp.zeros(image_shape, jnp.float32))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=batch_stats, opt_state=tx.init(params), extra=extra)
-
-  return jax.jit(init, out_shardings=parallel.replicated(mesh))(rng)
-
-
-def make_train_step(method: methods.Method, tx: optax.GradientTransformation,
-                    mesh: jax.sharding.Mesh):
-  """The jitted step: per-device code under ``shard_map``, state donated."""
-
-  def per_device(state: TrainState, batch: dict, rng: jax.Array):
-    rng = jax.random.fold_in(rng, state.step)  # the same on every device
-    grad_fn = jax.value_and_grad(method.loss, has_aux=True)
-    # method.loss returns the mesh-mean loss, so with shard_map's type checking
-    # the gradients of the replicated params come out already averaged.
-    (_, (batch_stats, extra, metrics)), grads = grad_fn(
-        state.params, state.batch_stats, state.extra, batch, rng, state.step, DATA)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = method.project_params(optax.apply_updates(state.params, updates))
-    extra = method.after_update(params, batch_stats, extra, state.step)
-    metrics = {**metrics, "grad_norm": optax.global_norm(grads)}
-    new_state = state.replace(step=state.step + 1, params=params,
-                              batch_stats=batch_stats, opt_state=opt_state, extra=extra)
-    return new_state, metrics
-
-  step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(DATA), P()),
-                       out_specs=(P(), P()))
-
-  def train_step(state, batch, rng):
-    state, metrics = step(state, batch, rng)
-    return state, {k: clu_metrics.Average.from_model_output(v) for k, v in metrics.items()}
-
-  return jax.jit(train_step, donate_argnums=0)
 
 
 def _summary(acc: dict) -> dict[str, float]:
