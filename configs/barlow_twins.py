@@ -27,7 +27,9 @@ Variants (``--config=configs/barlow_twins.py:NAME``):
       python -m cvrl_jax.main --config=configs/barlow_twins.py:cpu \
           --config.data_dir=../shared/tfds --workdir=/tmp/barlow_twins_cpu
 
-  Not measured yet.
+  Measured 2026-11-30 on the 2-core CPU (8 simulated devices): kNN top-1 (10k
+  train bank, 2k test queries) 26.85% at step 0 (random init) -> 30.6% at step 250
+  -> 32.85% at step 500; 10.8 min wall, partly sharing the cores with another job.
 """
 
 import ml_collections

@@ -29,7 +29,9 @@ Variants (``--config=configs/nnclr.py:NAME``):
       python -m cvrl_jax.main --config=configs/nnclr.py:cpu \
           --config.data_dir=../shared/tfds --workdir=/tmp/nnclr_cpu
 
-  Not measured yet.
+  Measured 2026-11-30 on the 2-core CPU (8 simulated devices): kNN top-1 (10k
+  train bank, 2k test queries) 27.6% at step 0 (random init) -> 35.0% at step 250
+  -> 36.25% at step 500; 10.9 min wall, partly sharing the cores with another job.
 """
 
 import ml_collections

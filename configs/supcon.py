@@ -25,7 +25,10 @@ Variants (``--config=configs/supcon.py:NAME``):
       python -m cvrl_jax.main --config=configs/supcon.py:cpu \
           --config.data_dir=../shared/tfds --workdir=/tmp/supcon_cpu
 
-  Not measured yet.
+  Measured 2026-11-30 on the 2-core CPU (8 simulated devices): kNN top-1 (10k
+  train bank, 2k test queries) 26.85% at step 0 (random init) -> 30.0% at step 250
+  -> 35.35% at step 500; 8.8 min wall, partly sharing the cores with another job.
+  SupCon uses the labels, so it is not a self-supervised figure.
 """
 
 import ml_collections
