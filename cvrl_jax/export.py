@@ -68,6 +68,9 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from cvrl_jax import train
+from cvrl_jax.evaluation import pretrained
+
 FORMATS = (".npz", ".safetensors", ".pt")
 LAYOUTS = ("cvrl", "torchvision")
 TORCHVISION_DEPTHS = (18, 34, 50, 101, 152)
@@ -87,24 +90,14 @@ class Run:
   batch_stats: Any
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-        f"{path} does not exist: --workdir must be the folder a cvrl_jax training wrote "
-        "(config.json, checkpoints/).")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
 def restore_run(workdir: str, step: Optional[int] = None) -> Run:
   """The config and the params / batch_stats of checkpoint ``step`` (default: latest).
 
   Restores onto one device whatever mesh wrote the checkpoint, and needs neither
   the optimiser nor the data: the tree's shapes come from the checkpoint itself.
   """
-  config = load_config(workdir)
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  config = pretrained.read_config(workdir, "training")
+  directory = train.checkpoint_dir(workdir)
   mngr = ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler())
   steps = mngr.all_steps()
   if not steps:
@@ -316,7 +309,7 @@ def export(workdir: str, out: str, step: Optional[int] = None,
   layout = layout or ("torchvision" if ext == ".pt" else "cvrl")
   if layout not in LAYOUTS or (ext == ".pt" and layout != "torchvision"):
     raise ValueError(f"--layout={layout}: use one of {LAYOUTS} (.pt is always torchvision).")
-  config = load_config(workdir)
+  config = pretrained.read_config(workdir, "training")
   if layout == "torchvision":
     check_torchvision_compatible(config.model)  # before the (slow) restore
   run = restore_run(workdir, step)

@@ -32,7 +32,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
-from cvrl_jax import methods, parallel
+from cvrl_jax import methods, parallel, train
 from cvrl_jax.methods import base
 
 BACKBONE = ("encoder", "head")  # the parameter groups restored from pre-training
@@ -139,7 +139,7 @@ def read_config(workdir: str, what: str = "pre-training") -> ml_collections.Conf
 
 
 def _manager(workdir: str) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+  return ocp.CheckpointManager(train.checkpoint_dir(workdir),
                                item_handlers=ocp.PyTreeCheckpointHandler())
 
 
