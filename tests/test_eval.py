@@ -322,3 +322,18 @@ def test_missing_pretrained_workdir_from_the_command_line(tmp_path):
                f"--config.pretrained={tmp_path / 'missing'}")
   assert r.returncode != 0
   assert "No pre-training run at" in r.stderr and "--config.pretrained" in r.stderr
+
+
+def test_digits_folder_is_a_stratified_image_folder(tmp_path):
+  pytest.importorskip("sklearn", reason="the digits come from scikit-learn: "
+                      "pip install -e '.[test]'")
+  from sklearn.datasets import load_digits
+  from cvrl_jax.evaluation import digits_folder
+  counts = digits_folder.write_digits(str(tmp_path), size=16)
+  per_class = np.bincount(load_digits().target)
+  test = int((per_class // 5).sum())  # every 5th image of each class
+  assert counts == {"train": 1797 - test, "test": test}
+  assert len(os.listdir(tmp_path / "test" / "0")) == per_class[0] // 5
+  assert sorted(os.listdir(tmp_path / "test")) == [str(d) for d in range(10)]
+  image = tf.io.decode_png(tf.io.read_file(str(next((tmp_path / "train" / "3").iterdir()))))
+  assert image.shape == (16, 16, 3) and int(tf.reduce_max(image)) > 128
