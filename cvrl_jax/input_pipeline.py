@@ -108,11 +108,21 @@ def _view_fn(config: ml_collections.ConfigDict, view: int):
   """The augmentation of view ``view`` (0 or 1): views may differ (BYOL, MoCo v3)."""
   aug = config.augment
 
-  def per_view(value):
-    return value[view] if isinstance(value, (tuple, list)) else value
+  def per_view(name):
+    value = aug[name]
+    if not isinstance(value, (tuple, list)):
+      return value
+    if len(value) == 1:  # `--config.augment.blur_p=0.0` on a per-view field gives (0.0,)
+      return value[0]
+    if view >= len(value):
+      raise ValueError(
+          f"config.augment.{name}={tuple(value)} has {len(value)} entries for "
+          f"{config.get('num_views', 2)} views: give one value for all views, or one "
+          f"per view, e.g. --config.augment.{name}='(0.5,0.5)'.")
+    return value[view]
 
-  return _crop_fn(config, config.image_size, aug.crop_area, per_view(aug.blur_p),
-                  per_view(aug.solarize_p))
+  return _crop_fn(config, config.image_size, aug.crop_area, per_view("blur_p"),
+                  per_view("solarize_p"))
 
 
 def num_small_crops(config: ml_collections.ConfigDict) -> int:

@@ -85,3 +85,18 @@ def test_image_folder_dataset(tmp_path):
   assert input_pipeline.num_classes(c) == 2
   (batch,) = take(input_pipeline.train_dataset(c, 4), 1)
   assert batch["views"][0].shape == (4, 32, 32, 3)
+
+
+def test_per_view_settings_take_one_value_or_one_per_view():
+  one = config()
+  one.augment.solarize_p = (1.0,)  # what --config.augment.solarize_p=1.0 gives
+  (batch,) = take(input_pipeline.train_dataset(one, 8), 1)
+  plain = take(input_pipeline.train_dataset(config(), 8), 1)[0]
+  # Solarised on both views: pixels above 0.5 are inverted, so the views differ
+  # from the unsolarised stream's, view 2 included.
+  assert not np.allclose(batch["views"][1], plain["views"][1])
+  three = config()
+  three.augment.blur_p = (0.5, 0.5, 0.5)
+  three.num_views = 4
+  with pytest.raises(ValueError, match=r"config.augment.\w+=\(.*\) has [23] entries for 4 views"):
+    input_pipeline.train_dataset(three, 8)
