@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from cvrl_jax import methods, optim, parallel, step as step_lib  # noqa: E402
+from cvrl_jax import device_augment, methods, optim, parallel, step as step_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
@@ -130,10 +130,10 @@ def step_flops(method, tx, config) -> float:
   state = jax.eval_shape(lambda r: step_lib.create_train_state(
       method, tx, r, (batch, size, size, 3), mesh), jax.random.PRNGKey(0))
   sharded = parallel.batch_sharded(mesh)
-  images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32, sharding=sharded)
-  inputs = {"views": (images,) * config.get("num_views", 2),
-            "label": jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sharded)}
-  lowered = step_lib.make_train_step(method, tx, mesh).lower(
+  inputs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharded),
+                        batch_shapes(config, batch))
+  augment = device_augment.batch_fn(config)
+  lowered = step_lib.make_train_step(method, tx, mesh, augment).lower(
       state, inputs, jax.eval_shape(lambda: jax.random.PRNGKey(0)))
   return lowered.cost_analysis()["flops"]
 
@@ -147,13 +147,30 @@ def _timed(fn, steps: int) -> float:
   return (time.perf_counter() - start) / steps
 
 
+def batch_shapes(config, batch: int) -> dict:
+  """Shapes and dtypes of the pipeline's batches (views only): with
+  ``augment.on_device``, uint8 views and the per-example ``aug_seed``."""
+  size, on_device = config.image_size, device_augment.enabled(config)
+  view = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8 if on_device else jnp.float32)
+  shapes = {"views": (view,) * config.get("num_views", 2),
+            "label": jax.ShapeDtypeStruct((batch,), jnp.int32)}
+  if on_device:
+    shapes["aug_seed"] = jax.ShapeDtypeStruct((batch, *device_augment.SEED_SHAPE), jnp.uint32)
+  return shapes
+
+
+def _random_array(rng: np.random.Generator, x: jax.ShapeDtypeStruct) -> np.ndarray:
+  if x.dtype == jnp.float32:
+    return rng.standard_normal(x.shape, np.float32)
+  return rng.integers(0, np.iinfo(x.dtype).max, x.shape, dtype=x.dtype, endpoint=True)
+
+
 def random_batches(config, local_batch: int):
-  """Endless copies of one random batch shaped like the pipeline's (views only)."""
+  """Endless copies of one random batch shaped like the pipeline's (views only), so a
+  synthetic step times the device augmentation too when it is on."""
   rng = np.random.default_rng(0)
-  size = config.image_size
-  batch = {"views": tuple(rng.standard_normal((local_batch, size, size, 3), np.float32)
-                          for _ in range(config.get("num_views", 2))),
-           "label": np.zeros(local_batch, np.int32)}
+  batch = jax.tree.map(lambda x: _random_array(rng, x), batch_shapes(config, local_batch))
+  batch["label"] = np.zeros(local_batch, np.int32)
   while True:
     yield batch
 
@@ -171,7 +188,7 @@ def train_throughput(config, steps: int, synthetic: bool = False) -> dict:
   tx, _ = optim.create_optimizer(config, config.batch_size, 1000, 100)
   shape = (local_batch // jax.local_device_count(), config.image_size, config.image_size, 3)
   box = {"state": step_lib.create_train_state(method, tx, jax.random.PRNGKey(0), shape, mesh)}
-  step = step_lib.make_train_step(method, tx, mesh)
+  step = step_lib.make_train_step(method, tx, mesh, device_augment.batch_fn(config))
   rng = jax.device_put(jax.random.PRNGKey(1), parallel.replicated(mesh))
 
   batch = parallel.host_to_global(next(it), mesh)

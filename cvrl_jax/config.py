@@ -35,7 +35,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.augment = ml_collections.ConfigDict(dict(
       crop_area=(0.08, 1.0), color_strength=1.0, grayscale_p=0.2,
-      blur_p=(0.5, 0.5), solarize_p=(0.0, 0.0)))
+      blur_p=(0.5, 0.5), solarize_p=(0.0, 0.0),
+      # True: the host only crops and flips (uint8 views); colour, grayscale, blur
+      # and solarize run on the accelerator in the step (cvrl_jax/device_augment.py).
+      on_device=False))
 
   c.optimizer = ml_collections.ConfigDict(dict(
       name="lars", base_lr=0.3, lr_scaling="linear", weight_decay=1e-6,
@@ -52,9 +55,32 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def view_setting(config: ml_collections.ConfigDict, name: str, view: int):
+  """``config.augment[name]`` for view ``view``: one value for all views, or one per view.
+
+  Shared by the host and the device augmentation so both read per-view tuples
+  (BYOL's blur p=1.0 / 0.1) alike.
+  """
+  value = config.augment[name]
+  if not isinstance(value, (tuple, list)):
+    return value
+  if len(value) == 1:  # `--config.augment.blur_p=0.0` on a per-view field gives (0.0,)
+    return value[0]
+  if view >= len(value):
+    raise ValueError(
+        f"config.augment.{name}={tuple(value)} has {len(value)} entries for "
+        f"{config.get('num_views', 2)} views: give one value for all views, or one "
+        f"per view, e.g. --config.augment.{name}='(0.5,0.5)'.")
+  return value[view]
+
+
 def use_cifar10(c: ml_collections.ConfigDict, depth: int = 18) -> ml_collections.ConfigDict:
-  """Dataset, model and schedule of the SimCLR README's CIFAR-10 runs (any method)."""
+  """Dataset, model and schedule of the SimCLR README's CIFAR-10 runs (any method).
+
+  Augmentation back on the host: at 32 px tf.data keeps up with the accelerator.
+  """
   c.dataset = "cifar10"
+  c.augment.on_device = False
   c.eval_split = "test"
   c.cache = True
   c.image_size = 32

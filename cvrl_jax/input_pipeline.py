@@ -19,7 +19,8 @@ import ml_collections
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from cvrl_jax import augment
+from cvrl_jax import augment, device_augment
+from cvrl_jax import config as config_lib
 
 IMAGE_FOLDER = "image_folder"
 
@@ -107,22 +108,21 @@ def _crop_fn(config: ml_collections.ConfigDict, size: int, crop_area, blur_p, so
 def _view_fn(config: ml_collections.ConfigDict, view: int):
   """The augmentation of view ``view`` (0 or 1): views may differ (BYOL, MoCo v3)."""
   aug = config.augment
+  return _crop_fn(config, config.image_size, aug.crop_area,
+                  config_lib.view_setting(config, "blur_p", view),
+                  config_lib.view_setting(config, "solarize_p", view))
 
-  def per_view(name):
-    value = aug[name]
-    if not isinstance(value, (tuple, list)):
-      return value
-    if len(value) == 1:  # `--config.augment.blur_p=0.0` on a per-view field gives (0.0,)
-      return value[0]
-    if view >= len(value):
-      raise ValueError(
-          f"config.augment.{name}={tuple(value)} has {len(value)} entries for "
-          f"{config.get('num_views', 2)} views: give one value for all views, or one "
-          f"per view, e.g. --config.augment.{name}='(0.5,0.5)'.")
-    return value[view]
 
-  return _crop_fn(config, config.image_size, aug.crop_area, per_view("blur_p"),
-                  per_view("solarize_p"))
+def _crop_only_fn(config: ml_collections.ConfigDict):
+  """``augment.on_device``'s host part: crop and flip only (the views' own seeds, so the
+  same crops as the host path), as uint8; the colour stages run in the step."""
+  size, crop_area = config.image_size, tuple(config.augment.crop_area)
+
+  def fn(image, seed):
+    view = augment.simclr_view(_to_float(image), seed, size=size, crop_area=crop_area,
+                               color_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0)
+    return tf.cast(tf.round(view * 255.0), tf.uint8)
+  return fn
 
 
 def num_small_crops(config: ml_collections.ConfigDict) -> int:
@@ -139,6 +139,15 @@ def _small_crop_fn(config: ml_collections.ConfigDict):
 # Folded into an example's seed for its small crops: a derivation of its own, so
 # the views' seeds (and the views) do not depend on whether multi-crop is on.
 _SMALL_CROPS_STREAM = 1
+# Likewise for the device augmentation's per-example key (``aug_seed``).
+_DEVICE_AUG_STREAM = 2
+
+
+def _device_seed(base: tf.Tensor) -> tf.Tensor:
+  """uint32[2] key data for ``device_augment``, a function of the example's seed."""
+  return tf.random.stateless_uniform(
+      [2], tf.random.experimental.stateless_fold_in(base, _DEVICE_AUG_STREAM),
+      minval=None, maxval=None, dtype=tf.uint32)
 
 
 def train_dataset(config: ml_collections.ConfigDict, local_batch: int,
@@ -148,7 +157,9 @@ def train_dataset(config: ml_collections.ConfigDict, local_batch: int,
   Yields {"views": (view_0, view_1, ...) each [local_batch, S, S, 3] float32,
   "label": [local_batch] int32}, plus with multi-crop "small_views": a tuple of
   ``multicrop.num_small`` arrays [local_batch, s, s, 3]. Labels feed only the
-  online linear monitor.
+  online linear monitor. With ``augment.on_device`` the views are cropped and
+  flipped only, uint8, and "aug_seed" [local_batch, 2] uint32 keys the rest of
+  their augmentation in the step (``device_augment``).
   """
   builder = get_builder(config)
   ds = _read(builder, config.train_split, per_process=True,
@@ -162,7 +173,10 @@ def train_dataset(config: ml_collections.ConfigDict, local_batch: int,
   seed = config.seed
   first_epoch, offset = divmod(start_step * local_batch, n)
   process = jax.process_index()
-  views = [_view_fn(config, v) for v in range(config.get("num_views", 2))]
+  on_device = device_augment.enabled(config)
+  num_views = config.get("num_views", 2)
+  views = ([_crop_only_fn(config)] * num_views if on_device
+           else [_view_fn(config, v) for v in range(num_views)])
   num_small, small_crop = num_small_crops(config), None
   if num_small:
     small_crop = _small_crop_fn(config)
@@ -180,6 +194,8 @@ def train_dataset(config: ml_collections.ConfigDict, local_batch: int,
     seeds = tf.random.experimental.stateless_split(base, len(views))
     out = {"views": tuple(v(x["image"], seeds[i]) for i, v in enumerate(views)),
            "label": tf.cast(x["label"], tf.int32)}
+    if on_device:
+      out["aug_seed"] = _device_seed(base)
     if num_small:
       small = tf.random.experimental.stateless_split(
           tf.random.experimental.stateless_fold_in(base, _SMALL_CROPS_STREAM), num_small)

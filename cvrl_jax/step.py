@@ -4,7 +4,7 @@ Kept apart from ``train.py`` (the loop: tf.data, checkpoints, writers) so that
 it imports on any host with JAX alone, as the accelerator benchmarks do.
 """
 
-from typing import Any
+from typing import Any, Callable, Optional
 
 import flax
 import jax
@@ -39,10 +39,17 @@ def create_train_state(method: methods.Method, tx: optax.GradientTransformation,
 
 
 def make_train_step(method: methods.Method, tx: optax.GradientTransformation,
-                    mesh: jax.sharding.Mesh):
-  """The jitted step: per-device code under ``shard_map``, state donated."""
+                    mesh: jax.sharding.Mesh,
+                    augment: Optional[Callable[[dict], dict]] = None):
+  """The jitted step: per-device code under ``shard_map``, state donated.
+
+  ``augment`` (``device_augment.batch_fn``) turns each device's part of the batch
+  into the method's input first, so methods never see ``augment.on_device``.
+  """
 
   def per_device(state: TrainState, batch: dict, rng: jax.Array):
+    if augment is not None:
+      batch = augment(batch)
     rng = jax.random.fold_in(rng, state.step)  # the same on every device
     grad_fn = jax.value_and_grad(method.loss, has_aux=True)
     # method.loss returns the mesh-mean loss, so with shard_map's type checking

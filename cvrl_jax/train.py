@@ -2,7 +2,8 @@
 
 One batch's path: ``input_pipeline.train_dataset`` (tf.data, per process) ->
 ``parallel.host_to_global`` (one array sharded over the mesh) -> ``train_step``
-(``step.py``: ``shard_map`` over the mesh: ``method.loss``, optimiser,
+(``step.py``: ``shard_map`` over the mesh: with ``augment.on_device`` the views'
+colour augmentation (``device_augment``), ``method.loss``, optimiser,
 ``method.after_update``)
 -> metrics accumulated on device, written every ``log_every_steps``.
 
@@ -28,7 +29,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 
-from cvrl_jax import input_pipeline, methods, optim, parallel
+from cvrl_jax import device_augment, input_pipeline, methods, optim, parallel
 from cvrl_jax.step import TrainState, create_train_state, make_train_step  # noqa: F401
 from cvrl_jax.evaluation import knn
 
@@ -231,7 +232,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if start_step == 0:
     writer.write_hparams({k: v for k, v in config.items() if not isinstance(v, dict)
                           and not isinstance(v, ml_collections.ConfigDict)})
-  train_step = make_train_step(method, tx, mesh)
+  train_step = make_train_step(method, tx, mesh, device_augment.batch_fn(config))
   step_rng = jax.device_put(step_rng, parallel.replicated(mesh))
   train_iter = input_pipeline.as_numpy(
       input_pipeline.train_dataset(config, local_batch, start_step))
