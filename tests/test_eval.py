@@ -337,3 +337,40 @@ def test_digits_folder_is_a_stratified_image_folder(tmp_path):
   assert sorted(os.listdir(tmp_path / "test")) == [str(d) for d in range(10)]
   image = tf.io.decode_png(tf.io.read_file(str(next((tmp_path / "train" / "3").iterdir()))))
   assert image.shape == (16, 16, 3) and int(tf.reduce_max(image)) > 128
+
+
+# One method per kind of extra state (SimCLR's own runs are the fixture above; Barlow
+# Twins, SimSiam and SupCon keep the same parameter trees as SimCLR or BYOL).
+@pytest.mark.parametrize("name", ["moco_v1", "moco_v3", "byol", "swav", "dino", "nnclr"])
+def test_every_methods_checkpoint_feeds_the_evaluations(tmp_path, name):
+  """A checkpoint as train.py writes it: its encoder is what the evaluations
+  restore, and the classifier they build runs on it."""
+  import importlib
+
+  import optax
+  from cvrl_jax import methods
+  config = importlib.import_module(f"configs.{name}").get_config("cpu")
+  config.model.width_multiplier = 0.125
+  config.image_size = 16
+  mesh = parallel.make_mesh(1)
+  method = methods.get_method(config, 10, 10)
+  state = train.create_train_state(method, optax.sgd(0.1), jax.random.PRNGKey(3),
+                                   (2, 16, 16, 3), mesh)
+  workdir = str(tmp_path)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort())
+  with ocp.CheckpointManager(train.checkpoint_dir(workdir)) as mngr:
+    mngr.save(5, args=ocp.args.StandardSave(state))
+  loaded = pretrained_lib.load_pretrained(workdir, -1, mesh)
+  assert loaded.step == 5
+  for a, b in zip(jax.tree.leaves(loaded.params["encoder"]),
+                  jax.tree.leaves(state.params["encoder"])):
+    np.testing.assert_array_equal(a, b)
+  spec = pretrained_lib.network_spec(loaded.config, 0, 10)
+  net = pretrained_lib.build_classifier(spec, None)
+  images = jnp.ones((2, 16, 16, 3))
+  variables = pretrained_lib.backbone_variables(loaded, spec)
+  variables["params"]["classifier"] = net.init(jax.random.PRNGKey(0), images,
+                                               train=False)["params"]["classifier"]
+  logits = net.apply(variables, images, train=False)
+  assert logits.shape == (2, 10) and bool(jnp.isfinite(logits).all())
