@@ -11,6 +11,9 @@ here the same as weights but excluded from decay and trust ratio), weight decay
 asymmetric augmentations (blur p=1.0 / 0.1, solarize p=0.0 / 0.2). The paper
 reports 73.2% linear top-1; not reproduced here.
 
+The 224 px variants run colour jitter, grayscale, blur and solarize on the
+accelerator (``augment.on_device``); ``cifar10`` / ``cpu`` keep them in tf.data.
+
 Variants (``--config=configs/barlow_twins.py:NAME``):
 
 * ``cifar10``: ResNet-18 with the CIFAR stem, 32 px, batch 512, LARS lr 0.3 x
@@ -52,6 +55,7 @@ def get_config(variant: str = "imagenet") -> ml_collections.ConfigDict:
                      momentum=0.9, warmup_epochs=10.0, schedule="cosine")
   c.augment.update(crop_area=(0.08, 1.0), color_jitter_strengths=(0.4, 0.4, 0.2, 0.1),
                    color_p=0.8, grayscale_p=0.2, blur_p=(1.0, 0.1), solarize_p=(0.0, 0.2))
+  c.augment.on_device = True  # 224 px; use_cifar10 turns it off
   if variant == "imagenet":
     return c
   config_lib.use_cifar10(c)

@@ -13,6 +13,9 @@ augmentations: crop of 20-100% of the area, flip, colour jitter 0.4 / 0.4 / 0.4 
 here after it). The paper reports 60.6% linear top-1 (8 V100s, 200 epochs); not
 reproduced here.
 
+The 224 px variants run colour jitter, grayscale, blur and solarize on the
+accelerator (``augment.on_device``); ``cifar10`` / ``cpu`` keep them in tf.data.
+
 Variants (``--config=configs/moco_v1.py:NAME``):
 
 * ``cifar10``: the MoCo authors' CIFAR-10 demo (their Colab notebook): ResNet-18
@@ -62,6 +65,7 @@ def get_config(variant: str = "imagenet") -> ml_collections.ConfigDict:
                      step_boundaries=(0.6, 0.8))
   c.augment.update(crop_area=(0.2, 1.0), color_jitter_strengths=(0.4, 0.4, 0.4, 0.4),
                    color_p=1.0, grayscale_p=0.2, blur_p=(0.0, 0.0))
+  c.augment.on_device = True  # 224 px; use_cifar10 turns it off
   if variant == "imagenet":
     return c
   config_lib.use_cifar10(c)

@@ -11,6 +11,9 @@ colour jitter 0.4 / 0.4 / 0.4 / 0.1 with p=0.8, grayscale p=0.2, Gaussian blur
 p=0.5, flip. The paper reports 67.5% linear top-1 at 200 epochs and 71.1% at
 800 (8 V100s); not reproduced here.
 
+The 224 px variants run colour jitter, grayscale, blur and solarize on the
+accelerator (``augment.on_device``); ``cifar10`` / ``cpu`` keep them in tf.data.
+
 Variants (``--config=configs/moco_v2.py:NAME``):
 
 * ``cifar10``: moco_v1.py's ``cifar10`` recipe (the MoCo authors' CIFAR-10 demo)

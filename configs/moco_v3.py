@@ -12,6 +12,10 @@ flip, colour jitter 0.4 / 0.4 / 0.2 / 0.1 with p=0.8, grayscale p=0.2, blur p=1.
 / 0.1, solarize p=0.0 / 0.2. The authors report 68.9% linear top-1 at 100
 epochs (72.8% at 300 with lr 0.3); not reproduced here.
 
+The 224 px variants (ResNet and ViT) run colour jitter, grayscale, blur and
+solarize on the accelerator (``augment.on_device``); ``cifar10`` / ``cpu`` keep
+them in tf.data.
+
 Variants (``--config=configs/moco_v3.py:NAME``):
 
 * ``vit_small`` / ``vit_base``: ViT-S/16 / ViT-B/16 with a frozen random patch
@@ -67,6 +71,7 @@ def get_config(variant: str = "imagenet") -> ml_collections.ConfigDict:
                      momentum=0.9, warmup_epochs=10.0, schedule="cosine")
   c.augment.update(crop_area=(0.08, 1.0), color_jitter_strengths=(0.4, 0.4, 0.2, 0.1),
                    color_p=0.8, grayscale_p=0.2, blur_p=(1.0, 0.1), solarize_p=(0.0, 0.2))
+  c.augment.on_device = True  # 224 px; use_cifar10 turns it off
   if variant == "imagenet":
     return c
   if variant.startswith("vit_"):

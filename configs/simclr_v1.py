@@ -10,6 +10,9 @@ cosine, temperature 0.1, 2-layer head (2048-128), colour strength 1.0, blur
 p=0.5, 100 epochs. The paper reports 66.6% linear top-1 at 100 epochs and 69.3%
 at 1000 (TPU v3); not reproduced here.
 
+The 224 px variants run colour jitter, grayscale, blur and solarize on the
+accelerator (``augment.on_device``); ``cifar10`` / ``cpu`` keep them in tf.data.
+
 Variants ``cifar10``, ``cifar10_r50`` and ``cpu`` are simclr_v2.py's with v1's
 2-layer head:
 

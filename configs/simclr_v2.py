@@ -10,6 +10,9 @@ epochs then cosine, temperature 0.1, 3-layer head (2048-2048-128), colour
 strength 1.0, blur p=0.5, 800 epochs. The paper reports 71.7% linear top-1 for
 ResNet-50 1x (TPU v3, 800 epochs); not reproduced here.
 
+The 224 px variants run colour jitter, grayscale, blur and solarize on the
+accelerator (``augment.on_device``); ``cifar10`` / ``cpu`` keep them in tf.data.
+
 Variants (``--config=configs/simclr_v2.py:NAME``):
 
 * ``cifar10`` / ``cifar10_r50``: the SimCLR README's CIFAR-10 recipe, ResNet-18 /
@@ -45,6 +48,7 @@ def get_config(variant: str = "imagenet") -> ml_collections.ConfigDict:
   c.representation_layer = 0  # 0: encoder output; 1: the head's first layer (v2)
   c.num_epochs = 800
   c.optimizer.update(base_lr=0.1, lr_scaling="sqrt", weight_decay=1e-4)
+  c.augment.on_device = True  # 224 px; use_cifar10 turns it off
   if variant == "imagenet":
     return c
   if variant not in ("cifar10", "cifar10_r50", "cpu"):

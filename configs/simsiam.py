@@ -11,6 +11,9 @@ flip, colour jitter 0.4 / 0.4 / 0.4 / 0.1 with p=0.8, grayscale p=0.2, blur
 p=0.5. The paper reports 68.1% linear top-1 at 100 epochs; not reproduced here.
 (The paper keeps the predictor's rate fixed; here it follows the schedule.)
 
+The 224 px variants run colour jitter, grayscale, blur and solarize on the
+accelerator (``augment.on_device``); ``cifar10`` / ``cpu`` keep them in tf.data.
+
 Variants (``--config=configs/simsiam.py:NAME``):
 
 * ``cifar10``: the paper's CIFAR-10 recipe (its appendix D): ResNet-18 with the
@@ -56,6 +59,7 @@ def get_config(variant: str = "imagenet") -> ml_collections.ConfigDict:
                      momentum=0.9, warmup_epochs=0.0, schedule="cosine")
   c.augment.update(crop_area=(0.2, 1.0), color_jitter_strengths=(0.4, 0.4, 0.4, 0.1),
                    color_p=0.8, grayscale_p=0.2, blur_p=(0.5, 0.5), solarize_p=(0.0, 0.0))
+  c.augment.on_device = True  # 224 px; use_cifar10 turns it off
   if variant == "imagenet":
     return c
   config_lib.use_cifar10(c)

@@ -9,6 +9,9 @@ decay 1e-6, 10 warm-up epochs then cosine, 700 epochs, temperature 0.1, a
 The paper trains 700 epochs (with AutoAugment, not available here); the
 optimiser settings here are SimCLR v1's, not the paper's. Not reproduced here.
 
+The 224 px variants run colour jitter, grayscale, blur and solarize on the
+accelerator (``augment.on_device``); ``cifar10`` / ``cpu`` keep them in tf.data.
+
 Variants (``--config=configs/supcon.py:NAME``):
 
 * ``cifar10``: ResNet-18 with the CIFAR stem, 32 px, batch 512, LARS lr 1.0 x
@@ -47,6 +50,7 @@ def get_config(variant: str = "imagenet") -> ml_collections.ConfigDict:
   c.head = ml_collections.ConfigDict(dict(num_layers=2, hidden_dim=2048, output_dim=128))
   c.num_epochs = 700
   c.optimizer.update(name="lars", base_lr=0.3, lr_scaling="linear", weight_decay=1e-6)
+  c.augment.on_device = True  # 224 px; use_cifar10 turns it off
   if variant == "imagenet":
     return c
   config_lib.use_cifar10(c)

@@ -224,3 +224,16 @@ def test_synthetic_benchmark_batches_and_step_include_the_device_augmentation():
     tx, _ = optim.create_optimizer(c, c.batch_size, 10, 10)
     flops[on] = throughput.step_flops(method, tx, c)
   assert flops[True] > flops[False] > 0
+
+
+def test_224_px_pretraining_configs_augment_on_the_device_cifar_and_cpu_on_the_host():
+  import importlib
+  for name in ("simclr_v1", "simclr_v2", "moco_v1", "moco_v2", "moco_v3", "byol", "simsiam",
+               "barlow_twins", "supcon", "nnclr", "swav", "dino"):
+    module = importlib.import_module(f"configs.{name}")
+    variants = getattr(module, "VARIANTS", ("imagenet", "cifar10", "cpu"))
+    for variant in variants:
+      c = module.get_config(variant)
+      # Multi-crop (SwAV, DINO) stays on the host: on_device refuses it.
+      expected = c.image_size == 224 and "multicrop" not in c
+      assert c.augment.on_device == expected, (name, variant)
