@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # ResNet-50 at 224 px, bfloat16, one GPU: SimCLR, MoCo v2 and BYOL steps of
 # cvrl_jax (benchmarks.throughput --synthetic) and of the plain PyTorch peer
-# (benchmarks.torch_peer), each pair back to back in the same session.
+# (benchmarks.torch_peer), each pair back to back in the same session. Both time
+# the training step alone: cvrl_jax without its on-device augmentation, which the
+# peer does not have (benchmarks.throughput with --config.augment.on_device=true
+# times the step with it).
 #
 #   bash benchmarks/gpu.sh OUTDIR [BATCH]
 #
@@ -33,6 +36,7 @@ for m in simclr moco_v2 byol; do
   echo "=== cvrl_jax $m"
   timeout "$per_run" python3 -m benchmarks.throughput --config="configs/${config[$m]}.py" \
       --synthetic --steps=20 --config.batch_size="$batch" --config.model.dtype=bfloat16 \
+      --config.augment.on_device=false \
       --json_out="$runs/${m}_jax.json"
   merge
   echo "=== PyTorch peer $m"
