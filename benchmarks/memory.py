@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from cvrl_jax import methods, optim, parallel, train
+from cvrl_jax import device_augment, methods, optim, parallel, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
@@ -38,17 +38,19 @@ def step_memory(config, batch: int, num_classes: int) -> dict[str, float]:
   mesh = parallel.make_mesh(1)
   method = methods.get_method(config, num_classes, total_steps=1000)
   tx, _ = optim.create_optimizer(config, batch, total_steps=1000, steps_per_epoch=100)
-  image = jax.ShapeDtypeStruct((batch, config.image_size, config.image_size, 3), jnp.float32,
-                               sharding=parallel.batch_sharded(mesh))
-  state = jax.eval_shape(lambda r: train.create_train_state(
-      method, tx, r, image.shape, mesh), jax.random.PRNGKey(0))
+  shape = (batch, config.image_size, config.image_size, 3)
+  state = jax.eval_shape(lambda r: train.create_train_state(method, tx, r, shape, mesh),
+                         jax.random.PRNGKey(0))
   state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(
       s.shape, s.dtype, sharding=parallel.replicated(mesh)), state)
-  views = tuple(image for _ in range(config.get("num_views", 2)))
-  labels = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=parallel.batch_sharded(mesh))
+  # The pipeline's batch (uint8 views + seeds with augment.on_device) and the step
+  # as train.py builds it, the device augmentation included.
+  inputs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=parallel.batch_sharded(mesh)),
+      device_augment.batch_shapes(config, batch))
   rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=parallel.replicated(mesh))
-  step = train.make_train_step(method, tx, mesh)
-  m = step.lower(state, {"views": views, "label": labels}, rng).compile().memory_analysis()
+  step = train.make_train_step(method, tx, mesh, device_augment.batch_fn(config))
+  m = step.lower(state, inputs, rng).compile().memory_analysis()
   peak = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
           - m.alias_size_in_bytes)
   return {"arguments_mib": m.argument_size_in_bytes / MIB,

@@ -131,7 +131,7 @@ def step_flops(method, tx, config) -> float:
       method, tx, r, (batch, size, size, 3), mesh), jax.random.PRNGKey(0))
   sharded = parallel.batch_sharded(mesh)
   inputs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharded),
-                        batch_shapes(config, batch))
+                        device_augment.batch_shapes(config, batch))
   augment = device_augment.batch_fn(config)
   lowered = step_lib.make_train_step(method, tx, mesh, augment).lower(
       state, inputs, jax.eval_shape(lambda: jax.random.PRNGKey(0)))
@@ -147,18 +147,6 @@ def _timed(fn, steps: int) -> float:
   return (time.perf_counter() - start) / steps
 
 
-def batch_shapes(config, batch: int) -> dict:
-  """Shapes and dtypes of the pipeline's batches (views only): with
-  ``augment.on_device``, uint8 views and the per-example ``aug_seed``."""
-  size, on_device = config.image_size, device_augment.enabled(config)
-  view = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8 if on_device else jnp.float32)
-  shapes = {"views": (view,) * config.get("num_views", 2),
-            "label": jax.ShapeDtypeStruct((batch,), jnp.int32)}
-  if on_device:
-    shapes["aug_seed"] = jax.ShapeDtypeStruct((batch, *device_augment.SEED_SHAPE), jnp.uint32)
-  return shapes
-
-
 def _random_array(rng: np.random.Generator, x: jax.ShapeDtypeStruct) -> np.ndarray:
   if x.dtype == jnp.float32:
     return rng.standard_normal(x.shape, np.float32)
@@ -169,7 +157,8 @@ def random_batches(config, local_batch: int):
   """Endless copies of one random batch shaped like the pipeline's (views only), so a
   synthetic step times the device augmentation too when it is on."""
   rng = np.random.default_rng(0)
-  batch = jax.tree.map(lambda x: _random_array(rng, x), batch_shapes(config, local_batch))
+  batch = jax.tree.map(lambda x: _random_array(rng, x),
+                       device_augment.batch_shapes(config, local_batch))
   batch["label"] = np.zeros(local_batch, np.int32)
   while True:
     yield batch

@@ -72,6 +72,19 @@ def enabled(config: ml_collections.ConfigDict) -> bool:
   return True
 
 
+def batch_shapes(config: ml_collections.ConfigDict, batch: int) -> dict:
+  """Shapes and dtypes of the pipeline's train batches (views only) as the step gets
+  them: with ``augment.on_device``, uint8 views and the per-example ``aug_seed``.
+  For the benchmarks, which compile the step without reading data."""
+  size, on_device = config.image_size, enabled(config)
+  view = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8 if on_device else jnp.float32)
+  shapes = {"views": (view,) * config.get("num_views", 2),
+            "label": jax.ShapeDtypeStruct((batch,), jnp.int32)}
+  if on_device:
+    shapes["aug_seed"] = jax.ShapeDtypeStruct((batch, *SEED_SHAPE), jnp.uint32)
+  return shapes
+
+
 def jitter_strengths(aug: ml_collections.ConfigDict) -> tuple[float, float, float, float]:
   """(brightness, contrast, saturation, hue) as augment.color_jitter derives them."""
   explicit = aug.get("color_jitter_strengths")
