@@ -17,16 +17,16 @@ import json
 import jax
 import jax.numpy as jnp
 from absl import app, flags
-from ml_collections import config_flags
 
+# --config and --json_out are throughput's: absl flags are process-wide, so the
+# benchmarks share them rather than define them twice.
+from benchmarks import throughput  # noqa: F401
 from cvrl_jax import device_augment, methods, optim, parallel, train
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 flags.DEFINE_list("batch_sizes", ["64", "256"], "Per-device batch sizes to compile.")
 flags.DEFINE_list("dtypes", ["float32"], "Backbone compute dtypes: float32, bfloat16.")
 flags.DEFINE_integer("num_classes", 1000, "Classes of the online probe.")
-flags.DEFINE_string("json_out", None, "Also write the results here as JSON.")
 
 MIB = 2**20
 

@@ -53,3 +53,9 @@ def test_torch_peer_trains_a_step(tmp_path):
   assert result["train_images_per_s"] > 0
   # ResNet-50 at 32 px: ~0.08 GFLOPs forward per image-view, x3 for training.
   assert 1 < result["step_gflops"] < 50
+
+
+def test_the_benchmark_modules_import_in_one_process():
+  """absl flags are process-wide: two modules defining the same flag cannot both be
+  imported (as test files sharing a pytest worker do)."""
+  from benchmarks import memory, scaling, throughput  # noqa: F401
