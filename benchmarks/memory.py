@@ -15,13 +15,12 @@ docs/benchmarks.md.
 import json
 
 import jax
-import jax.numpy as jnp
 from absl import app, flags
 
-# --config and --json_out are throughput's: absl flags are process-wide, so the
-# benchmarks share them rather than define them twice.
-from benchmarks import throughput  # noqa: F401
-from cvrl_jax import device_augment, methods, optim, parallel, train
+# --config and --json_out are throughput's (absl flags are process-wide, so the
+# benchmarks share them), and so is the lowered step.
+from benchmarks import throughput
+from cvrl_jax import methods, optim, parallel
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("batch_sizes", ["64", "256"], "Per-device batch sizes to compile.")
@@ -38,19 +37,7 @@ def step_memory(config, batch: int, num_classes: int) -> dict[str, float]:
   mesh = parallel.make_mesh(1)
   method = methods.get_method(config, num_classes, total_steps=1000)
   tx, _ = optim.create_optimizer(config, batch, total_steps=1000, steps_per_epoch=100)
-  shape = (batch, config.image_size, config.image_size, 3)
-  state = jax.eval_shape(lambda r: train.create_train_state(method, tx, r, shape, mesh),
-                         jax.random.PRNGKey(0))
-  state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(
-      s.shape, s.dtype, sharding=parallel.replicated(mesh)), state)
-  # The pipeline's batch (uint8 views + seeds with augment.on_device) and the step
-  # as train.py builds it, the device augmentation included.
-  inputs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-      x.shape, x.dtype, sharding=parallel.batch_sharded(mesh)),
-      device_augment.batch_shapes(config, batch))
-  rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=parallel.replicated(mesh))
-  step = train.make_train_step(method, tx, mesh, device_augment.batch_fn(config))
-  m = step.lower(state, inputs, rng).compile().memory_analysis()
+  m = throughput.lower_step(method, tx, config, mesh, batch).compile().memory_analysis()
   peak = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
           - m.alias_size_in_bytes)
   return {"arguments_mib": m.argument_size_in_bytes / MIB,

@@ -7,8 +7,8 @@ Prints a table (and with --json_out writes JSON) of: steady-state training image
 (images, not views; compile excluded), the step time split into the device's
 compute (steps on one resident batch) and the wait for input, the compile time,
 model FLOP utilisation (the step's FLOPs from XLA's cost analysis of the
-unoptimised program / step time / peak FLOP/s), the input pipeline's images/s alone (with all cores and per core),
-and peak host / device memory.
+unoptimised program / step time / peak FLOP/s), the input pipeline's images/s
+alone (with all cores and per core), and peak host / device memory.
 
 Run it as a module from the repository root, like the main job (configs import
 each other as ``configs.*``); a CPU is split into 8 XLA devices as in main.py.
@@ -117,6 +117,20 @@ def input_throughput(config, local_batch: int, num_batches: int,
   return num_batches * local_batch / (time.perf_counter() - start)
 
 
+def lower_step(method, tx, config, mesh: jax.sharding.Mesh, batch: int) -> jax.stages.Lowered:
+  """The train step as train.py builds it (device augmentation included), lowered
+  for ``mesh`` on abstract inputs of ``batch`` images: nothing runs, no data is read."""
+  size = config.image_size
+  state = jax.eval_shape(lambda r: step_lib.create_train_state(
+      method, tx, r, (batch, size, size, 3), mesh), jax.random.PRNGKey(0))
+  sharded = parallel.batch_sharded(mesh)
+  inputs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharded),
+                        device_augment.batch_shapes(config, batch))
+  rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=parallel.replicated(mesh))
+  step = step_lib.make_train_step(method, tx, mesh, device_augment.batch_fn(config))
+  return step.lower(state, inputs, rng)
+
+
 def step_flops(method, tx, config) -> float:
   """FLOPs of one global train step, as XLA counts the program before optimisation.
 
@@ -126,16 +140,7 @@ def step_flops(method, tx, config) -> float:
   """
   mesh = jax.sharding.Mesh(np.asarray(jax.devices("cpu")[:1]), (parallel.DATA,),
                            axis_types=(jax.sharding.AxisType.Explicit,))
-  size, batch = config.image_size, config.batch_size
-  state = jax.eval_shape(lambda r: step_lib.create_train_state(
-      method, tx, r, (batch, size, size, 3), mesh), jax.random.PRNGKey(0))
-  sharded = parallel.batch_sharded(mesh)
-  inputs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharded),
-                        device_augment.batch_shapes(config, batch))
-  augment = device_augment.batch_fn(config)
-  lowered = step_lib.make_train_step(method, tx, mesh, augment).lower(
-      state, inputs, jax.eval_shape(lambda: jax.random.PRNGKey(0)))
-  return lowered.cost_analysis()["flops"]
+  return lower_step(method, tx, config, mesh, config.batch_size).cost_analysis()["flops"]
 
 
 def _timed(fn, steps: int) -> float:
