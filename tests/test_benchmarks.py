@@ -1,5 +1,7 @@
 """The benchmarks run: the synthetic step timing imports no TensorFlow (accelerator
-hosts without it, benchmarks/gpu.sh), and the PyTorch peer trains a step."""
+hosts without it, benchmarks/gpu.sh), the PyTorch peer trains a step, and the
+TensorFlow peer is the same model and loss as cvrl_jax's and times its step and
+convolutions."""
 
 import json
 import os
@@ -27,7 +29,7 @@ def _run(args: list[str], tmp_path) -> dict:
   out = tmp_path / "result.json"
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   proc = subprocess.run([sys.executable, *args, f"--json_out={out}"], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
+                        check=False, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return json.loads(out.read_text())
 
@@ -53,6 +55,34 @@ def test_torch_peer_trains_a_step(tmp_path):
   assert result["train_images_per_s"] > 0
   # ResNet-50 at 32 px: ~0.08 GFLOPs forward per image-view, x3 for training.
   assert 1 < result["step_gflops"] < 50
+
+
+def test_tf_peer_is_cvrl_jax_resnet18_and_nt_xent():
+  import jax
+  import numpy as np
+
+  from benchmarks import tf_peer
+  from cvrl_jax import losses
+  from cvrl_jax.models import resnet  # the factory function
+
+  variables = resnet(18, stem="cifar").init(
+      jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32), train=False)
+  n_jax = sum(x.size for x in jax.tree.leaves(variables["params"]))
+  n_tf = sum(int(np.prod(v.shape)) for v in tf_peer.resnet18_cifar().trainable_variables)
+  assert n_tf == n_jax
+  z = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+  want = losses.nt_xent(z[:8], z[8:], temperature=0.5)
+  np.testing.assert_allclose(float(tf_peer.nt_xent(z, 0.5)), float(want), rtol=1e-5)
+
+
+def test_tf_peer_times_its_step_and_each_convolution(tmp_path):
+  result = _run(["-m", "benchmarks.tf_peer", "--batch_size=4", "--steps=1", "--layers",
+                 "--layer_batch=2"], tmp_path)
+  assert result["train_images_per_s"] > 0
+  from benchmarks.tf_peer import RESNET18_CIFAR_CONVS
+  # forward, input and kernel gradients of each conv, less the stem's input gradient
+  assert len(result["layers"]) == 3 * len(RESNET18_CIFAR_CONVS) - 1
+  assert all(r["xla_s"] > 0 and r["tf_s"] > 0 for r in result["layers"])
 
 
 def test_the_benchmark_modules_import_in_one_process():
