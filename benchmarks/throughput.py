@@ -210,8 +210,8 @@ def train_throughput(config, steps: int, synthetic: bool = False) -> dict:
 
   # Synthetic: the same resident batch, so step time is the device's alone.
   step_s = device_s if synthetic else _timed(from_input, steps)
-  device_peak = [d.memory_stats().get("peak_bytes_in_use", 0) if d.memory_stats() else 0
-                 for d in jax.local_devices()]
+  # CPU devices keep no memory statistics: their memory is peak_host_rss_mb's.
+  device_peak = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in jax.local_devices()]
   peak, peak_source = peak_flops(list(mesh.devices.flat))
   return {
       "train_images_per_s": config.batch_size / step_s,
@@ -224,8 +224,7 @@ def train_throughput(config, steps: int, synthetic: bool = False) -> dict:
       "peak_gflops_per_s": peak / 1e9,
       "peak_source": peak_source,
       "mfu": flops / step_s / peak,
-      "peak_device_bytes": max(device_peak),
-  }
+  } | ({"peak_device_bytes": max(device_peak)} if None not in device_peak else {})
 
 
 def main(argv):

@@ -212,7 +212,7 @@ def main():
       "first_step_s (compile)": compile_s, "step_gflops": flops / 1e9,
       "achieved_gflops_per_s": flops / step_s / 1e9,
       "mfu": flops / step_s / peak if peak else None,
-      "peak_device_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else 0,
+      "peak_device_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
       "final_loss": loss.item(),
   }
   for k, v in result.items():
