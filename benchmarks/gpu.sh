@@ -3,8 +3,9 @@
 # cvrl_jax (benchmarks.throughput --synthetic) and of the plain PyTorch peer
 # (benchmarks.torch_peer), each pair back to back in the same session. Both time
 # the training step alone: cvrl_jax without its on-device augmentation, which the
-# peer does not have (benchmarks.throughput with --config.augment.on_device=true
-# times the step with it).
+# peer does not have. A last run times cvrl_jax's SimCLR step with it
+# (--config.augment.on_device=true, the ImageNet configs' default), to price the
+# colour jitter, grayscale, blur and solarize on the GPU.
 #
 #   bash benchmarks/gpu.sh OUTDIR [BATCH]
 #
@@ -44,3 +45,8 @@ for m in simclr moco_v2 byol; do
       --steps=20 --json_out="$runs/${m}_torch.json"
   merge
 done
+echo "=== cvrl_jax simclr with on-device augmentation"
+timeout "$per_run" python3 -m benchmarks.throughput --config=configs/simclr_v2.py \
+    --synthetic --steps=20 --config.batch_size="$batch" --config.model.dtype=bfloat16 \
+    --config.augment.on_device=true --json_out="$runs/simclr_jax_device_augment.json"
+merge

@@ -34,10 +34,11 @@ def _run(args: list[str], tmp_path) -> dict:
   return json.loads(out.read_text())
 
 
-def test_synthetic_throughput_needs_no_tensorflow(tmp_path):
+@pytest.mark.parametrize("on_device", ["false", "true"])  # gpu.sh times both
+def test_synthetic_throughput_needs_no_tensorflow(tmp_path, on_device):
   result = _run(["-c", WITHOUT_TF, "benchmarks.throughput", "--config=configs/byol.py:cpu",
                  "--synthetic", "--steps=2", "--config.batch_size=8",
-                 "--config.image_size=32"], tmp_path)
+                 "--config.image_size=32", f"--config.augment.on_device={on_device}"], tmp_path)
   assert result["devices"] == "2 x cpu"
   assert result["train_images_per_s"] > 0
   # a CPU's devices keep no memory statistics: no made-up 0, the host's peak instead
