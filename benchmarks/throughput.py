@@ -21,7 +21,6 @@ TensorFlow, for accelerator hosts that have JAX but no TF (benchmarks/gpu.sh):
 """
 
 import datetime
-import json
 import os
 import resource
 import time
@@ -38,6 +37,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from benchmarks import report  # noqa: E402
 from cvrl_jax import device_augment, methods, optim, parallel, step as step_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -250,12 +250,7 @@ def main(argv):
     result["input_images_per_s_1_core"] = input_throughput(
         config, local_batch, FLAGS.input_batches, threads=1)
   result["peak_host_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-  width = max(map(len, result))
-  for k, v in result.items():
-    print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
-  if FLAGS.json_out:
-    with open(FLAGS.json_out, "w") as f:
-      json.dump(result, f, indent=2)
+  report.emit(result, FLAGS.json_out)
 
 
 if __name__ == "__main__":

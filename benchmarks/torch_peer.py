@@ -24,12 +24,13 @@ FLOPs are counted by ``torch.utils.flop_counter`` on one eager step.
 
 import argparse
 import copy
-import json
 import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from benchmarks import report
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
@@ -215,11 +216,7 @@ def main():
       "peak_device_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
       "final_loss": loss.item(),
   }
-  for k, v in result.items():
-    print(f"{k:<24}  {v:.4g}" if isinstance(v, float) else f"{k:<24}  {v}")
-  if args.json_out:
-    with open(args.json_out, "w") as f:
-      json.dump(result, f, indent=2)
+  report.emit(result, args.json_out)
 
 
 if __name__ == "__main__":
