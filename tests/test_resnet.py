@@ -399,3 +399,36 @@ def test_bfloat16_compute_float32_params_and_output():
   assert all(s.dtype == jnp.float32 for s in jax.tree.leaves(upd))
   y32 = _train(f32, v, x)[0]
   np.testing.assert_allclose(np.asarray(y), np.asarray(y32), rtol=0.1, atol=0.1)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pointwise_conv_matches_xla_conv_values_and_grads(stride):
+  """The CPU branch of a 1x1 conv (a matrix product) is the same maths as the conv."""
+  from cvrl_jax.models.resnet import pointwise_conv
+  kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(kx, (3, 9, 9, 8))
+  w = jax.random.normal(kw, (1, 1, 8, 5))
+  ho = (9 - 1) // stride + 1
+  g = jax.random.normal(kg, (3, ho, ho, 5))
+  dn = ("NHWC", "HWIO", "NHWC")
+  conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (stride, stride), ((0, 0), (0, 0)),
+                                                   dimension_numbers=dn)
+  ours = lambda x, w: pointwise_conv(x, w, (stride, stride), ((0, 0), (0, 0)),
+                                     dimension_numbers=dn)
+  y_ref, vjp_ref = jax.vjp(conv, x, w)
+  y, vjp = jax.vjp(ours, x, w)
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+  for a, b in zip(vjp(g), vjp_ref(g)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_cpu_resnet_runs_1x1_convs_as_matrix_products():
+  """On a CPU only the 3x3 convs stay convolutions; the 1x1 shortcuts become dots."""
+  model = ResNet(**STD)
+  x = jnp.zeros((2, HW, HW, 3))
+  variables = model.init(jax.random.key(0), x, train=False)
+  hlo = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(
+      variables, x).compile().as_text()
+  # ResNet-18: the stem conv and 16 block convs are 3x3; 3 projection shortcuts are 1x1.
+  assert hlo.count("convolution(") == 17, hlo.count("convolution(")
+  assert hlo.count(" dot(") >= 3
