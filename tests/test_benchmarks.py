@@ -88,6 +88,33 @@ def test_tf_peer_times_its_step_and_each_convolution(tmp_path):
   assert all(r["xla_s"] > 0 and r["tf_s"] > 0 for r in result["layers"])
 
 
+def test_pointwise_conv_benchmark_lists_resnet50s_1x1_convs():
+  import collections
+
+  import jax
+  import jax.numpy as jnp
+
+  from benchmarks.pointwise_conv import resnet_pointwise_convs
+  from cvrl_jax.models import ResNet
+  shapes = jax.eval_shape(lambda x: ResNet(depth=50).init(jax.random.key(0), x, train=False),
+                          jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
+  in_model = collections.Counter(k.shape[2:] for k in jax.tree.leaves(shapes["params"])
+                                 if k.ndim == 4 and k.shape[:2] == (1, 1))
+  listed = collections.Counter()
+  for (_, cin, cout, _), count in resnet_pointwise_convs(50, 224, "imagenet"):
+    listed[(cin, cout)] += count
+  assert listed == in_model and sum(in_model.values()) == 36
+
+
+def test_pointwise_conv_benchmark_times_both_ways(tmp_path):
+  result = _run(["-m", "benchmarks.pointwise_conv", "--image_size=16", "--stem=cifar",
+                 "--batch=2"], tmp_path)
+  from benchmarks.pointwise_conv import resnet_pointwise_convs
+  assert len(result["convs"]) == len(resnet_pointwise_convs(50, 16, "cifar")) == 15
+  assert all(v > 0 for r in result["convs"] for k, v in r.items() if k.endswith("_s"))
+  assert result["conv_s"] > 0 and result["matmul_s"] > 0
+
+
 def test_the_benchmark_modules_import_in_one_process():
   """absl flags are process-wide: two modules defining the same flag cannot both be
   imported (as test files sharing a pytest worker do)."""
