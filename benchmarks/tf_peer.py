@@ -1,13 +1,15 @@
-r"""The CPU peer: a SimCLR step of a CIFAR ResNet-18 in TensorFlow, and its convolutions.
+r"""The CPU peer: a SimCLR step of a CIFAR ResNet in TensorFlow, and its convolutions.
 
     python -m benchmarks.tf_peer --batch_size=256 --json_out=tf_peer.json
+    python -m benchmarks.tf_peer --depth=50 --batch_size=64
     python -m benchmarks.tf_peer --layers --steps=0
 
 Issue 7 measures cvrl_jax's CPU speed against the official SimCLR TensorFlow code.
 This puts that ratio on the machine at hand: the same step as
 ``benchmarks.throughput --config=configs/simclr_v2.py:cifar10 --synthetic`` (CIFAR
 ResNet-18, 3-layer 512-512-128 head with BN, NT-Xent at T = 0.5 over both views,
-BN statistics over both views together) written plainly in Keras and run the way
+BN statistics over both views together; ``--depth=50``: the ``cifar10_r50``
+variant, ResNet-50 with a 2048-2048-128 head) written plainly in Keras and run the way
 TensorFlow runs on a CPU by default: graph mode, oneDNN kernels, no XLA. Random
 inputs, already in memory: the step alone. SGD with momentum instead of LARS,
 which favours the peer slightly.
@@ -38,8 +40,9 @@ RESNET18_CIFAR_CONVS = [
 ]
 
 
-def resnet18_cifar() -> tf.keras.Model:
-  """CIFAR ResNet-18 (3x3 stem, no max-pool), global average pooled: 512 features."""
+def resnet_cifar(depth: int = 18) -> tf.keras.Model:
+  """CIFAR ResNet-18 or -50 (3x3 stem, no max-pool; v1.5 bottlenecks), globally
+  average pooled: 512 or 2048 features."""
   L = tf.keras.layers
 
   def conv_bn(x, filters, kernel, stride, relu):
@@ -47,23 +50,31 @@ def resnet18_cifar() -> tf.keras.Model:
     x = L.BatchNormalization(momentum=0.9, epsilon=1e-5)(x)
     return L.ReLU()(x) if relu else x
 
+  def basic(x, filters, stride):
+    return filters, conv_bn(conv_bn(x, filters, 3, stride, True), filters, 3, 1, False)
+
+  def bottleneck(x, filters, stride):
+    y = conv_bn(conv_bn(x, filters, 1, 1, True), filters, 3, stride, True)
+    return 4 * filters, conv_bn(y, 4 * filters, 1, 1, False)
+
+  blocks, block = {18: ((2, 2, 2, 2), basic), 50: ((3, 4, 6, 3), bottleneck)}[depth]
   inputs = tf.keras.Input((32, 32, 3))
   x = conv_bn(inputs, 64, 3, 1, True)
-  for stage, filters in enumerate([64, 128, 256, 512]):
-    for block in range(2):
-      stride = 2 if stage > 0 and block == 0 else 1
-      y = conv_bn(conv_bn(x, filters, 3, stride, True), filters, 3, 1, False)
-      if stride != 1 or x.shape[-1] != filters:
-        x = conv_bn(x, filters, 1, stride, False)
+  for stage, (filters, n) in enumerate(zip([64, 128, 256, 512], blocks)):
+    for i in range(n):
+      stride = 2 if stage > 0 and i == 0 else 1
+      out, y = block(x, filters, stride)
+      if stride != 1 or x.shape[-1] != out:
+        x = conv_bn(x, out, 1, stride, False)
       x = L.ReLU()(x + y)
   return tf.keras.Model(inputs, L.GlobalAveragePooling2D()(x))
 
 
-def head() -> tf.keras.Model:
+def head(hidden: int) -> tf.keras.Model:
   L = tf.keras.layers
   return tf.keras.Sequential([
-      L.Dense(512, use_bias=False), L.BatchNormalization(), L.ReLU(),
-      L.Dense(512, use_bias=False), L.BatchNormalization(), L.ReLU(),
+      L.Dense(hidden, use_bias=False), L.BatchNormalization(), L.ReLU(),
+      L.Dense(hidden, use_bias=False), L.BatchNormalization(), L.ReLU(),
       L.Dense(128, use_bias=False), L.BatchNormalization(center=False)])
 
 
@@ -78,8 +89,9 @@ def nt_xent(z: tf.Tensor, temperature: float) -> tf.Tensor:
       tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
 
 
-def time_step(batch_size: int, steps: int) -> dict:
-  encoder, projector = resnet18_cifar(), head()
+def time_step(batch_size: int, steps: int, depth: int = 18) -> dict:
+  # cvrl_jax's simclr_v2.py:cifar10 / :cifar10_r50 heads: 512 / 2048 wide
+  encoder, projector = resnet_cifar(depth), head(512 if depth == 18 else 2048)
   variables = encoder.trainable_variables + projector.trainable_variables
   opt = tf.keras.optimizers.SGD(0.1, momentum=0.9)
   views = tf.constant(np.random.rand(2 * batch_size, 32, 32, 3).astype(np.float32))
@@ -159,6 +171,7 @@ def time_layers(batch: int) -> list[dict]:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--depth", type=int, default=18, choices=[18, 50])
   parser.add_argument("--batch_size", type=int, default=256, help="images (2 views each)")
   parser.add_argument("--steps", type=int, default=5, help="timed steps; 0 skips the step")
   parser.add_argument("--layers", action="store_true", help="also time each convolution")
@@ -168,8 +181,8 @@ def main() -> None:
 
   result = {"tensorflow": tf.__version__}
   if args.steps:
-    result.update(time_step(args.batch_size, args.steps))
-    print(f"TensorFlow SimCLR step, CIFAR ResNet-18, batch {args.batch_size}: "
+    result.update(time_step(args.batch_size, args.steps, args.depth), depth=args.depth)
+    print(f"TensorFlow SimCLR step, CIFAR ResNet-{args.depth}, batch {args.batch_size}: "
           f"{result['step_s']:.2f} s/step, {result['train_images_per_s']:.1f} images/s")
   if args.layers:
     rows = time_layers(args.layer_batch)

@@ -60,7 +60,8 @@ def test_torch_peer_trains_a_step(tmp_path):
   assert 1 < result["step_gflops"] < 50
 
 
-def test_tf_peer_is_cvrl_jax_resnet18_and_nt_xent():
+@pytest.mark.parametrize("depth", [18, 50])
+def test_tf_peer_is_cvrl_jax_resnet_and_nt_xent(depth):
   import jax
   import numpy as np
 
@@ -68,10 +69,10 @@ def test_tf_peer_is_cvrl_jax_resnet18_and_nt_xent():
   from cvrl_jax import losses
   from cvrl_jax.models import resnet  # the factory function
 
-  variables = resnet(18, stem="cifar").init(
-      jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32), train=False)
-  n_jax = sum(x.size for x in jax.tree.leaves(variables["params"]))
-  n_tf = sum(int(np.prod(v.shape)) for v in tf_peer.resnet18_cifar().trainable_variables)
+  shapes = jax.eval_shape(lambda x: resnet(depth, stem="cifar").init(
+      jax.random.key(0), x, train=False), jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32))
+  n_jax = sum(x.size for x in jax.tree.leaves(shapes["params"]))
+  n_tf = sum(int(np.prod(v.shape)) for v in tf_peer.resnet_cifar(depth).trainable_variables)
   assert n_tf == n_jax
   z = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
   want = losses.nt_xent(z[:8], z[8:], temperature=0.5)
