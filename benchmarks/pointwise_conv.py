@@ -25,6 +25,7 @@ from benchmarks import report
 from cvrl_jax.models.resnet import STAGE_SIZES, pointwise_conv
 
 DN = ("NHWC", "HWIO", "NHWC")
+OPS = ("forward", "input_grad", "kernel_grad")
 
 
 def resnet_pointwise_convs(depth: int, image_size: int, stem: str
@@ -47,12 +48,25 @@ def resnet_pointwise_convs(depth: int, image_size: int, stem: str
   return sorted(convs.items())
 
 
-def _time(fn, *args, reps: int = 5) -> float:
-  jax.block_until_ready(fn(*args))
+def seconds(fn, reps: int = 5) -> float:
+  """Seconds per call of ``fn``, which waits for its result, after one warm-up call."""
+  fn()
   start = time.perf_counter()
   for _ in range(reps):
-    jax.block_until_ready(fn(*args))
+    fn()
   return (time.perf_counter() - start) / reps
+
+
+def xla_seconds(conv, x: jax.Array, w: jax.Array, g: jax.Array,
+                ops: tuple[str, ...] = OPS) -> dict[str, float]:
+  """Seconds of ``ops`` of ``conv(x, w)``: forward, input or kernel gradient (of
+  output gradient ``g``), each jitted with the arrays as arguments, so that XLA
+  cannot fold the work away as constants."""
+  jitted = {"forward": lambda x, w, g: conv(x, w),
+            "input_grad": lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0],
+            "kernel_grad": lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0]}
+  return {op: seconds(lambda f=jax.jit(jitted[op]): jax.block_until_ready(f(x, w, g)))
+          for op in ops}
 
 
 def time_conv(size: int, cin: int, cout: int, stride: int, batch: int) -> dict:
@@ -65,14 +79,8 @@ def time_conv(size: int, cin: int, cout: int, stride: int, batch: int) -> dict:
   s, pad = (stride, stride), ((0, 0), (0, 0))
   impls = {"conv": lambda x, w: lax.conv_general_dilated(x, w, s, pad, dimension_numbers=DN),
            "matmul": lambda x, w: pointwise_conv(x, w, s, pad, dimension_numbers=DN)}
-  row = {}
-  for name, f in impls.items():  # arrays as arguments, so nothing is constant-folded
-    ops = {"forward": jax.jit(lambda x, w, g, f=f: f(x, w)),
-           "input_grad": jax.jit(lambda x, w, g, f=f: jax.vjp(lambda x: f(x, w), x)[1](g)[0]),
-           "kernel_grad": jax.jit(lambda x, w, g, f=f: jax.vjp(lambda w: f(x, w), w)[1](g)[0])}
-    for op, fn in ops.items():
-      row[f"{op}_{name}_s"] = _time(fn, x, w, g)
-  return row
+  return {f"{op}_{name}_s": t for name, f in impls.items()
+          for op, t in xla_seconds(f, x, w, g).items()}
 
 
 def main() -> None:
@@ -93,7 +101,7 @@ def main() -> None:
       args.depth, args.image_size, args.stem):
     row = time_conv(size, cin, cout, stride, args.batch)
     name = f"{size}px {cin}->{cout} /{stride}"
-    for op in ("forward", "input_grad", "kernel_grad"):
+    for op in OPS:
       conv, mm = row[f"{op}_conv_s"], row[f"{op}_matmul_s"]
       print(f"{name + ' x' + str(count):28s} {op:12s} {conv * 1e3:8.2f} {mm * 1e3:10.2f} "
             f"{conv / mm:6.2f}", flush=True)

@@ -113,18 +113,12 @@ def time_step(batch_size: int, steps: int, depth: int = 18) -> dict:
           "train_images_per_s": batch_size / seconds}
 
 
-def _time(fn, reps: int = 5) -> float:
-  fn()
-  start = time.perf_counter()
-  for _ in range(reps):
-    fn()
-  return (time.perf_counter() - start) / reps
-
-
 def _time_conv(size: int, cin: int, cout: int, k: int, s: int, batch: int) -> dict:
   """Seconds of forward / input-gradient / kernel-gradient of one conv, TF and XLA."""
   import jax
   from jax import lax
+
+  from benchmarks.pointwise_conv import seconds, xla_seconds
 
   rng = np.random.default_rng(0)
   x = rng.standard_normal((batch, size, size, cin), np.float32)
@@ -135,12 +129,6 @@ def _time_conv(size: int, cin: int, cout: int, k: int, s: int, batch: int) -> di
     return lax.conv_general_dilated(x, w, (s, s), "SAME",
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
-  xj, wj, gj = jax.device_put(x), jax.device_put(w), jax.device_put(g)
-  xla = {  # arrays as arguments: as constants XLA could fold the work away
-      "forward": jax.jit(lambda x, w, g: conv(x, w)),
-      "input_grad": jax.jit(lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0]),
-      "kernel_grad": jax.jit(lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0]),
-  }
   xt, wt, gt = tf.constant(x), tf.constant(w), tf.constant(g)
   strides = [1, s, s, 1]
   tfs = {
@@ -154,8 +142,8 @@ def _time_conv(size: int, cin: int, cout: int, k: int, s: int, batch: int) -> di
   }
   # Backprop stops at the stem: nothing needs the images' gradient.
   ops = ("forward", "kernel_grad") if cin == 3 else ("forward", "input_grad", "kernel_grad")
-  return {op: (_time(lambda f=xla[op]: jax.block_until_ready(f(xj, wj, gj))),
-               _time(lambda f=tfs[op]: f().numpy())) for op in ops}
+  xla = xla_seconds(conv, *map(jax.device_put, (x, w, g)), ops=ops)
+  return {op: (xla[op], seconds(lambda f=tfs[op]: f().numpy())) for op in ops}
 
 
 def time_layers(batch: int) -> list[dict]:
