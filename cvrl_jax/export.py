@@ -30,7 +30,7 @@ One float32 array per name; a name is the path in the flax variable tree joined 
 Module names are those of ``cvrl_jax.models.ResNet`` (see its docstring: deep stem
 ``stem_conv1..3`` and SK submodules ``conv2/{conv,bn,fc,fc_bn,attn}`` when
 ``sk_ratio > 0``). ``unflatten`` rebuilds ``{"params", "batch_stats"}`` for
-``base.make_encoder(config).apply``. The file's metadata (safetensors' header;
+``models.make_encoder(config.model).apply``. The file's metadata (safetensors' header;
 the ``__metadata__`` entry of an ``.npz``) holds JSON strings: ``model`` (the
 config's model section), ``method``, ``step``, ``bn_epsilon``, ``input``.
 

@@ -1,9 +1,13 @@
-"""One data-parallel device mesh, and moving host batches onto it.
+"""One data-parallel device mesh, moving host batches onto it, and the collectives.
 
 Every train step runs under ``jax.shard_map`` over a 1-D mesh named ``data`` that
 spans all devices of all processes: parameters are replicated, the global batch is
 split along its first axis. Per-device code (global losses, cross-replica
 BatchNorm, MoCo's ShuffleBN) names the axis ``DATA``.
+
+The collectives at the end (``gather``, ``pmean``, ``psum``, ``own_rows``) take
+``axis_name=None`` to mean "one device holding the whole batch", so losses and
+methods are written once for both cases.
 """
 
 import glob
@@ -12,8 +16,10 @@ import os
 from typing import Any, Mapping, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 DATA = "data"
@@ -103,3 +109,47 @@ def host_to_global(tree: Any, mesh: jax.sharding.Mesh) -> Any:
   sharding = batch_sharded(mesh)
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, x), tree)
+
+
+def gather(x: jax.Array, axis_name: Optional[str], *, invariant: bool = False) -> jax.Array:
+  """The global batch: every device's rows in axis order (``x`` itself on one device).
+
+  ``invariant=False`` keeps the result device-varying, so gradients flow back
+  to every device's rows (negatives of a global loss). ``invariant=True`` gives
+  one value replicated on every device, for state all devices keep alike
+  (queues, ShuffleBN's permuted batch).
+  """
+  if axis_name is None:
+    return x
+  if invariant:
+    return lax.all_gather(x, axis_name, tiled=True, to="invarying")
+  return lax.all_gather(x, axis_name, tiled=True)
+
+
+def pmean(x: Any, axis_name: Optional[str]) -> Any:
+  """Mean over the mesh axis, or ``x`` itself on one device."""
+  return x if axis_name is None else lax.pmean(x, axis_name)
+
+
+def psum(x: Any, axis_name: Optional[str]) -> Any:
+  """Sum over the mesh axis, or ``x`` itself on one device."""
+  return x if axis_name is None else lax.psum(x, axis_name)
+
+
+def axis_size(axis_name: Optional[str]) -> int:
+  """Devices along the mesh axis (1 without one)."""
+  return 1 if axis_name is None else lax.axis_size(axis_name)
+
+
+def first_row(n: int, axis_name: Optional[str]) -> jax.Array:
+  """Index of this device's first row in the gathered global batch of ``n`` rows each."""
+  if axis_name is None:
+    return jnp.zeros((), jnp.int32)
+  return lax.axis_index(axis_name) * n
+
+
+def own_rows(x: jax.Array, n: int, axis_name: Optional[str]) -> jax.Array:
+  """This device's ``n`` rows of a global batch ``x``."""
+  if axis_name is None:
+    return x
+  return lax.dynamic_slice_in_dim(x, lax.axis_index(axis_name) * n, n)

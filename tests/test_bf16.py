@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 
 from cvrl_jax import train
-from cvrl_jax.methods import base
+from cvrl_jax import models
 from cvrl_jax.models import ResNet, ViT
 from test_train import losses_by_step, restore_params, tiny_config
 
 
 def test_auto_is_float32_off_tpu_and_bad_names_are_refused():
   assert jax.default_backend() == "cpu"
-  assert base.compute_dtype("auto") == jnp.float32
-  assert base.compute_dtype("bfloat16") == jnp.bfloat16
+  assert models.compute_dtype("auto") == jnp.float32
+  assert models.compute_dtype("bfloat16") == jnp.bfloat16
   with pytest.raises(ValueError, match="model.dtype='fp16'.*'bfloat16'"):
-    base.compute_dtype("fp16")
+    models.compute_dtype("fp16")
 
 
 @pytest.mark.parametrize("model", [

@@ -10,8 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import moco_v2, moco_v3, simclr_v2
-from cvrl_jax import export, methods, parallel, train
-from cvrl_jax.methods import base
+from cvrl_jax import export, methods, models, parallel, train
 from cvrl_jax.models import ResNet
 
 
@@ -112,7 +111,7 @@ def test_encoder_is_found_in_every_methods_params(get_config):
   images = jnp.zeros((8, 16, 16, 3))
   params, batch_stats, _ = method.init(jax.random.PRNGKey(0), images)
   enc_params, enc_stats = export.encoder_variables(params, batch_stats)
-  alone = base.make_encoder(c, None).init(jax.random.PRNGKey(0), images, train=False)
+  alone = models.make_encoder(c.model, None).init(jax.random.PRNGKey(0), images, train=False)
   assert jax.tree.structure(enc_params) == jax.tree.structure(dict(alone["params"]))
   assert jax.tree.structure(enc_stats) == jax.tree.structure(dict(alone["batch_stats"]))
 

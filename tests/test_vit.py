@@ -7,7 +7,7 @@ import pytest
 
 from cvrl_jax import config as config_lib
 from cvrl_jax import optim
-from cvrl_jax.methods import base
+from cvrl_jax import models
 from cvrl_jax.models import vit
 
 
@@ -33,7 +33,7 @@ def tiny_vit_config(**model):
 
 def test_tiny_vit_gives_class_token_features_from_the_config():
   c = tiny_vit_config()
-  model = base.make_encoder(c, axis_name=None)
+  model = models.make_encoder(c.model, axis_name=None)
   images = jax.random.uniform(jax.random.PRNGKey(1), (3, 16, 16, 3))
   variables = model.init(jax.random.PRNGKey(0), images, train=False)
   assert set(variables) == {"params"}  # no BatchNorm
@@ -57,7 +57,7 @@ def test_sincos_position_embedding():
 
 def test_frozen_patch_projection_gets_no_gradient_and_no_weight_decay():
   c = tiny_vit_config(frozen_patch_embed=True)
-  model = base.make_encoder(c, axis_name=None)
+  model = models.make_encoder(c.model, axis_name=None)
   images = jax.random.uniform(jax.random.PRNGKey(1), (2, 16, 16, 3))
   params = model.init(jax.random.PRNGKey(0), images, train=False)["params"]
   grads = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, images, train=True) ** 3))(params)

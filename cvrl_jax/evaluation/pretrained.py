@@ -32,8 +32,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
-from cvrl_jax import methods, parallel, train
-from cvrl_jax.methods import base
+from cvrl_jax import methods, models, parallel, train
 
 BACKBONE = ("encoder", "head")  # the parameter groups restored from pre-training
 LATEST = -1
@@ -106,8 +105,7 @@ def network_spec(pre_config: ml_collections.ConfigDict, representation_layer: in
 
 def build_classifier(spec: dict, axis_name: Optional[str]) -> Classifier:
   """The ``Classifier`` a ``network_spec`` describes (BN cross-replica over ``axis_name``)."""
-  model_config = ml_collections.ConfigDict({"model": spec["model"]})
-  encoder = base.make_encoder(model_config, axis_name)
+  encoder = models.make_encoder(ml_collections.ConfigDict(spec["model"]), axis_name)
   head = (HeadLayers(tuple(spec["head_dims"]), use_bn=spec["head_bn"], axis_name=axis_name,
                      bn_momentum=spec["model"].get("bn_momentum", 0.9))
           if spec["head_dims"] else None)

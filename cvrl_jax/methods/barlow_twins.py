@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from cvrl_jax import models
 from cvrl_jax.methods import base, moco, simclr, simsiam
 from cvrl_jax.models.heads import MLPHead
 
@@ -65,7 +66,7 @@ class BarlowTwins(base.Method):
     # BN + ReLU after every hidden layer, a plain linear output (standardised in the loss).
     projector = MLPHead([head.hidden_dim] * (head.num_layers - 1) + [head.output_dim],
                         last_bn=False, axis_name=axis_name)
-    return simclr.SimCLRNet(base.make_encoder(self.config, axis_name), projector,
+    return simclr.SimCLRNet(models.make_encoder(self.config.model, axis_name), projector,
                             self.num_classes)
 
   def init(self, rng, images):

@@ -16,48 +16,19 @@ import jax.numpy as jnp
 import ml_collections
 from jax import lax
 
-from cvrl_jax.models import ResNet, ViT
 
 Params = Any
 Metrics = dict[str, jax.Array]
+
+# Top-level names of a method's parameter (and BatchNorm statistics) tree that
+# evaluation and export rely on: every method keeps its encoder under ENCODER,
+# its projection head under HEAD and the online linear probe under PROBE.
+ENCODER, HEAD, PROBE = "encoder", "head", "probe"
 
 
 def pmean(x: Any, axis_name: Optional[str]) -> Any:
   """Mean over the mesh axis, or ``x`` itself on one device."""
   return x if axis_name is None else lax.pmean(x, axis_name)
-
-
-def compute_dtype(name: str) -> jnp.dtype:
-  """``config.model.dtype``: 'auto' is bfloat16 on TPU (its matrix units' native
-  type, half the activation bytes) and float32 elsewhere: a CPU has no bfloat16
-  units, and XLA's CPU compiler even needs more memory for it (docs/benchmarks.md)."""
-  if name == "auto":
-    return jnp.bfloat16 if jax.default_backend() == "tpu" else jnp.float32
-  if name not in ("float32", "bfloat16"):
-    raise ValueError(f"config.model.dtype={name!r}: use 'auto', 'float32' or 'bfloat16'.")
-  return jnp.dtype(name)
-
-
-def make_encoder(config: ml_collections.ConfigDict, axis_name: Optional[str]) -> nn.Module:
-  """``config.model.name``: 'resnet' (cross-replica BN over ``axis_name``) or 'vit'.
-
-  Mixed precision: the backbone computes in ``config.model.dtype`` while parameters,
-  BatchNorm statistics, the returned features and therefore heads and losses stay
-  float32. ``config.model.remat`` recomputes each residual / transformer block in
-  the backward pass: less activation memory for larger per-device batches.
-  """
-  m = config.model
-  name = m.get("name", "resnet")
-  dtype, remat = compute_dtype(m.get("dtype", "auto")), m.get("remat", False)
-  if name == "vit":
-    return ViT(width=m.width, depth=m.depth, num_heads=m.num_heads, patch_size=m.patch_size,
-               frozen_patch_embed=m.get("frozen_patch_embed", False), dtype=dtype,
-               remat=remat)
-  if name != "resnet":
-    raise ValueError(f"config.model.name={name!r}: use 'resnet' or 'vit'.")
-  return ResNet(depth=m.depth, width_multiplier=m.width_multiplier,
-                sk_ratio=m.get("sk_ratio", 0.0), stem=m.stem, axis_name=axis_name,
-                bn_momentum=m.get("bn_momentum", 0.9), dtype=dtype, remat=remat)
 
 
 def probe_loss_and_metrics(logits: jax.Array, labels: jax.Array,

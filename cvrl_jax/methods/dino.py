@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cvrl_jax import losses
+from cvrl_jax import losses, models
 from cvrl_jax.methods import base
 from cvrl_jax.methods.moco import cosine_momentum, momentum_update
 from cvrl_jax.methods.swav import MultiCropNet, crops, encoder_features, freeze
@@ -121,7 +121,7 @@ class DINO(base.Method):
     head = DINOHead(d.hidden_dim, d.bottleneck_dim, d.out_dim, num_layers=d.num_layers,
                     use_bn=d.use_bn_in_head, norm_last_layer=d.norm_last_layer,
                     axis_name=axis_name)
-    return MultiCropNet(base.make_encoder(self.config, axis_name), head, num_classes)
+    return MultiCropNet(models.make_encoder(self.config.model, axis_name), head, num_classes)
 
   def momentum(self, step: jax.Array) -> jax.Array:
     return cosine_momentum(step, self.total_steps, self.config.dino.momentum)

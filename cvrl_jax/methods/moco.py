@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax import lax
 
-from cvrl_jax import losses
+from cvrl_jax import losses, models
 from cvrl_jax.methods import base
 from cvrl_jax.models.heads import MLPHead
 
@@ -185,11 +185,11 @@ class _MomentumContrast(base.Method):
     return None
 
   def _query_net(self, axis_name: Optional[str]) -> QueryNet:
-    return QueryNet(base.make_encoder(self.config, axis_name), _head(self.config, axis_name),
+    return QueryNet(models.make_encoder(self.config.model, axis_name), _head(self.config, axis_name),
                     self._predictor(axis_name), self.num_classes)
 
   def _key_net(self, axis_name: Optional[str]) -> KeyNet:
-    return KeyNet(base.make_encoder(self.config, axis_name), _head(self.config, axis_name))
+    return KeyNet(models.make_encoder(self.config.model, axis_name), _head(self.config, axis_name))
 
   def _key_variables(self, extra: dict) -> dict:
     return {"params": extra["key_params"], "batch_stats": extra["key_batch_stats"]}
@@ -214,7 +214,7 @@ class _MomentumContrast(base.Method):
     variables = {"params": params["encoder"]}
     if "encoder" in batch_stats:
       variables["batch_stats"] = batch_stats["encoder"]
-    return base.make_encoder(self.config, None).apply(variables, images, train=False)
+    return models.make_encoder(self.config.model, None).apply(variables, images, train=False)
 
 
 class MoCo(_MomentumContrast):

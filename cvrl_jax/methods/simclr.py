@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cvrl_jax import losses
+from cvrl_jax import losses, models
 from cvrl_jax.methods import base
 from cvrl_jax.models.heads import MLPHead
 
@@ -36,7 +36,7 @@ class SimCLR(base.Method):
   def _net(self, axis_name: Optional[str]) -> SimCLRNet:
     head = self.config.head
     dims = [head.hidden_dim] * (head.num_layers - 1) + [head.output_dim]
-    return SimCLRNet(base.make_encoder(self.config, axis_name),
+    return SimCLRNet(models.make_encoder(self.config.model, axis_name),
                      MLPHead(dims, axis_name=axis_name), self.num_classes)
 
   def init(self, rng, images):

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax import lax
 
-from cvrl_jax import losses
+from cvrl_jax import losses, models
 from cvrl_jax.methods import base, moco
 from cvrl_jax.models.heads import MLPHead
 
@@ -58,7 +58,7 @@ def siamese_net(config: ml_collections.ConfigDict, num_classes: int,
                       last_bn=head.get("last_bn", True), axis_name=axis_name)
   predictor = MLPHead([pred.hidden_dim] * (pred.num_layers - 1) + [head.output_dim],
                       last_bn=False, axis_name=axis_name)
-  return SiameseNet(base.make_encoder(config, axis_name), projector, predictor, num_classes)
+  return SiameseNet(models.make_encoder(config.model, axis_name), projector, predictor, num_classes)
 
 
 def encoder_features(config: ml_collections.ConfigDict, params: base.Params,
@@ -67,7 +67,7 @@ def encoder_features(config: ml_collections.ConfigDict, params: base.Params,
   variables = {"params": params["encoder"]}
   if "encoder" in batch_stats:
     variables["batch_stats"] = batch_stats["encoder"]
-  return base.make_encoder(config, None).apply(variables, images, train=False)
+  return models.make_encoder(config.model, None).apply(variables, images, train=False)
 
 
 def global_std(z: jax.Array, axis_name: Optional[str]) -> jax.Array:

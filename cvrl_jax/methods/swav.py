@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax import lax
 
-from cvrl_jax import losses
+from cvrl_jax import losses, models
 from cvrl_jax.methods import base
 from cvrl_jax.methods.moco import enqueue
 from cvrl_jax.models.heads import MLPHead
@@ -156,7 +156,7 @@ def encoder_features(config: ml_collections.ConfigDict, params: Any, batch_stats
   variables = {"params": params["encoder"]}
   if "encoder" in batch_stats:
     variables["batch_stats"] = batch_stats["encoder"]
-  return base.make_encoder(config, None).apply(variables, images, train=False)
+  return models.make_encoder(config.model, None).apply(variables, images, train=False)
 
 
 class SwAV(base.Method):
@@ -174,7 +174,7 @@ class SwAV(base.Method):
     head = self.config.head
     dims = [head.hidden_dim] * (head.num_layers - 1) + [head.output_dim]
     projector = MLPHead(dims, last_bn=False, axis_name=axis_name)
-    return MultiCropNet(base.make_encoder(self.config, axis_name),
+    return MultiCropNet(models.make_encoder(self.config.model, axis_name),
                         SwAVHead(projector, self.config.swav.num_prototypes), self.num_classes)
 
   def init(self, rng, images):
