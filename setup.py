@@ -30,7 +30,7 @@ setuptools.setup(
         "torch==2.13.0", "torchvision==0.28.0", "safetensors>=0.4",
         # The Colab notebook, executed on the CPU (tests/test_notebook.py).
         "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "matplotlib>=3.8",
-        # The transfer example's image folder of handwritten digits (evaluation/digits_folder.py).
+        # The transfer example's image folder of handwritten digits (tools/digits_folder.py).
         "scikit-learn>=1.3",
     ]},
 )

@@ -15,7 +15,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from cvrl_jax import device_augment
+from cvrl_jax.data import device_augment
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)

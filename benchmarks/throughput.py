@@ -38,7 +38,8 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from benchmarks import report  # noqa: E402
-from cvrl_jax import device_augment, methods, optim, parallel, step as step_lib  # noqa: E402
+from cvrl_jax import methods, optim, parallel, step as step_lib  # noqa: E402
+from cvrl_jax.data import device_augment  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
@@ -102,14 +103,14 @@ def input_throughput(config, local_batch: int, num_batches: int,
   ``threads`` > 0 limits tf.data to that many threads (per-core throughput).
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from cvrl_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  ds = input_pipeline.train_dataset(config, local_batch)
+  from cvrl_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  ds = pipeline.train_dataset(config, local_batch)
   if threads:
     options = tf.data.Options()
     options.threading.private_threadpool_size = threads
     options.threading.max_intra_op_parallelism = 1
     ds = ds.with_options(options)
-  it = input_pipeline.as_numpy(ds)
+  it = pipeline.as_numpy(ds)
   next(it)
   start = time.perf_counter()
   for _ in range(num_batches):
@@ -175,9 +176,9 @@ def train_throughput(config, steps: int, synthetic: bool = False) -> dict:
   if synthetic:
     num_classes, it = 1000, random_batches(config, local_batch)
   else:
-    from cvrl_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-    num_classes = input_pipeline.num_classes(config)
-    it = input_pipeline.as_numpy(input_pipeline.train_dataset(config, local_batch))
+    from cvrl_jax.data import pipeline, sources  # pylint: disable=g-import-not-at-top
+    num_classes = sources.num_classes(config)
+    it = pipeline.as_numpy(pipeline.train_dataset(config, local_batch))
   method = methods.get_method(config, num_classes, 1000)
   tx, _ = optim.create_optimizer(config, config.batch_size, 1000, 100)
   shape = (local_batch // jax.local_device_count(), config.image_size, config.image_size, 3)

@@ -52,7 +52,7 @@ def resnet50() -> nn.Module:
   try:
     import torchvision
   except RuntimeError:  # a CUDA torchvision beside a CPU torch: cvrl_jax's shim
-    from cvrl_jax.export import import_torchvision
+    from cvrl_jax.tools.export import import_torchvision
     torchvision = import_torchvision()
   net = torchvision.models.resnet50()
   net.fc = nn.Identity()

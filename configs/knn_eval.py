@@ -3,7 +3,7 @@ r"""kNN evaluation of a pre-training checkpoint, as a run of its own.
     python -m cvrl_jax.main --config=configs/knn_eval.py \
         --config.pretrained=PRETRAIN_WORKDIR --workdir=/tmp/knn
 
-The pre-training monitor's definition (``train.knn_monitor``): cosine similarity
+The pre-training monitor's definition (``evaluation.knn.monitor``): cosine similarity
 of eval-split features to a bank of train-split features, the k=200 nearest vote
 with weight exp(sim / 0.1). ``default``: the whole train split as the bank and the
 whole eval split as queries. ``pretrained_step=0``: the randomly initialised

@@ -35,7 +35,7 @@ Variants (``--config=configs/linear_eval.py:NAME``):
 
   Transfer to another dataset: set ``dataset`` (and ``data_dir``). Measured on
   scikit-learn's real 8x8 handwritten digits, upsampled to 32 px and written as
-  an image folder (``python -m cvrl_jax.evaluation.digits_folder
+  an image folder (``python -m cvrl_jax.tools.digits_folder
   --out=/tmp/digits``; 1,442 train / 355 test images), batch 512 (the split
   has fewer than 4096 images):
 
@@ -68,7 +68,7 @@ def get_config(variant: str = "simclr") -> ml_collections.ConfigDict:
   else:
     raise ValueError(f"Unknown variant {variant!r}: use simclr, moco or cpu.")
   if variant == "cpu":
-    c.augment = "none"
+    c.train_augment = "none"
     c.eval_batch_size = 512
     c.log_every_steps = 100
   return c

@@ -1,6 +1,6 @@
 """The pure-functional train step of every method: no TensorFlow, no file I/O.
 
-Kept apart from ``train.py`` (the loop: tf.data, checkpoints, writers) so that
+Kept apart from ``train.py`` and ``loop.py`` (tf.data, checkpoints, writers) so that
 it imports on any host with JAX alone, as the accelerator benchmarks do.
 """
 

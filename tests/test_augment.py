@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cvrl_jax import augment as A
+from cvrl_jax.data import augment as A
 
 SEED = tf.constant([3, 7], tf.int64)
 

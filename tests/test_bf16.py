@@ -8,7 +8,7 @@ import pytest
 from cvrl_jax import train
 from cvrl_jax import models
 from cvrl_jax.models import ResNet, ViT
-from test_train import losses_by_step, restore_params, tiny_config
+from helpers import losses_by_step, restore_params, tiny_config
 
 
 def test_auto_is_float32_off_tpu_and_bad_names_are_refused():

@@ -4,10 +4,9 @@ and never waits for the device between logs."""
 import logging
 
 import jax
-import pytest
-from test_train import tiny_config
+from helpers import tiny_config
 
-from cvrl_jax import train
+from cvrl_jax import loop, step as step_lib, train
 
 
 def test_train_step_and_features_compile_once_over_several_epochs(tmp_path, caplog):
@@ -24,7 +23,7 @@ def test_train_step_and_features_compile_once_over_several_epochs(tmp_path, capl
 
 def _readiness_at_dispatch(tmp_path, monkeypatch, read_loss_every_step: bool) -> list[bool]:
   """Whether each step's input state was already computed when the loop dispatched it."""
-  make, merge, ready = train.make_train_step, train._merge, []
+  make, merge, ready = step_lib.make_train_step, loop.merge_metrics, []
 
   def make_watched(*args, **kwargs):
     step = make(*args, **kwargs)
@@ -38,9 +37,9 @@ def _readiness_at_dispatch(tmp_path, monkeypatch, read_loss_every_step: bool) ->
     float(new["loss"].compute())  # what a host sync in the loop would look like
     return merge(acc, new)
 
-  monkeypatch.setattr(train, "make_train_step", make_watched)
+  monkeypatch.setattr(step_lib, "make_train_step", make_watched)
   if read_loss_every_step:
-    monkeypatch.setattr(train, "_merge", merge_and_read)
+    monkeypatch.setattr(loop, "merge_metrics", merge_and_read)
   # A step long against reading a batch (32 px, batch 64), so that "not yet done"
   # is what an unsynchronised loop sees.
   config = tiny_config(num_devices=8, image_size=32, batch_size=64, num_train_examples=256,

@@ -12,8 +12,9 @@ from jax.sharding import PartitionSpec as P
 
 from configs import byol, dino, simclr_v2
 from conftest import SHARED_TFDS
-from cvrl_jax import augment, device_augment as da, input_pipeline, parallel, train
-from test_train import losses_by_step, tiny_config
+from cvrl_jax import parallel, train
+from cvrl_jax.data import augment, device_augment as da, pipeline
+from helpers import losses_by_step, tiny_config
 
 SIDE = 24
 
@@ -173,8 +174,8 @@ def pipeline_config(on_device: bool, **augment):
 
 
 def take(config, local_batch, n, start_step=0):
-  ds = input_pipeline.train_dataset(config, local_batch, start_step)
-  return list(itertools.islice(input_pipeline.as_numpy(ds), n))
+  ds = pipeline.train_dataset(config, local_batch, start_step)
+  return list(itertools.islice(pipeline.as_numpy(ds), n))
 
 
 def test_pipeline_on_device_emits_uint8_crops_and_seeds_and_resumes_exactly():

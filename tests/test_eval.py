@@ -10,15 +10,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import tensorflow as tf
-from test_train import read_metrics, restore_params, tiny_config
+from helpers import read_metrics, restore_params, tiny_config
 
 from configs import distill as distill_config
 from configs import finetune as finetune_config
 from configs import knn_eval as knn_config
 from configs import linear_eval as linear_config
 from conftest import SHARED_TFDS
-from cvrl_jax import input_pipeline, parallel, train
-from cvrl_jax.evaluation import classification, data, distill, finetune, knn_eval, linear
+from cvrl_jax import checkpoint, parallel, step as step_lib, train
+from cvrl_jax.data import sources, subsets
+from cvrl_jax.evaluation import classification, distill, finetune, knn, knn_eval, linear
 from cvrl_jax.evaluation import pretrained as pretrained_lib
 
 
@@ -68,18 +69,18 @@ def digits_like_folder(root, classes=3, train=8, test=4, size=16):
 
 def test_class_balanced_fraction_is_balanced_deterministic_and_nested():
   labels = np.repeat(np.arange(10), [100, 120, 80, 100, 100, 100, 100, 100, 100, 100])
-  small = data.class_balanced_fraction(labels, 0.05, seed=0)
+  small = subsets.class_balanced_fraction(labels, 0.05, seed=0)
   assert np.all(np.bincount(labels[small]) == 5)  # round(0.05 * 1000 / 10)
-  assert np.array_equal(small, data.class_balanced_fraction(labels, 0.05, seed=0))
+  assert np.array_equal(small, subsets.class_balanced_fraction(labels, 0.05, seed=0))
   assert np.all(np.diff(small) > 0)  # sorted, no repeats
-  large = data.class_balanced_fraction(labels, 0.2, seed=0)
+  large = subsets.class_balanced_fraction(labels, 0.2, seed=0)
   assert np.all(np.bincount(labels[large]) == 20)
   assert set(small) <= set(large)  # 5% of the labels are among the 20%
-  other = data.class_balanced_fraction(labels, 0.05, seed=1)
+  other = subsets.class_balanced_fraction(labels, 0.05, seed=1)
   assert not np.array_equal(small, other)
-  assert np.array_equal(data.class_balanced_fraction(labels, 1.0, 0), np.arange(1000))
+  assert np.array_equal(subsets.class_balanced_fraction(labels, 1.0, 0), np.arange(1000))
   with pytest.raises(ValueError, match="label_fraction=0"):
-    data.class_balanced_fraction(labels, 0.0, 0)
+    subsets.class_balanced_fraction(labels, 0.0, 0)
 
 
 def test_fraction_of_cifar10_is_listed_in_the_workdir(tmp_path):
@@ -87,7 +88,7 @@ def test_fraction_of_cifar10_is_listed_in_the_workdir(tmp_path):
                 dataset="cifar10", train_split="train")
   indices, n = classification.labelled_subset(config, str(tmp_path))
   assert n == len(indices) == 100
-  labels, ids = data.read_labels(config, "train")
+  labels, ids = sources.read_labels(config, "train")
   assert np.all(np.bincount(labels[indices], minlength=10) == 10)
   with open(tmp_path / "labelled_examples.csv") as f:
     rows = f.read().splitlines()
@@ -121,22 +122,22 @@ def test_restores_the_encoder_of_the_chosen_step(pretrain_dir):
 
 def test_missing_or_empty_pretrained_workdir_is_named(tmp_path, pretrain_dir):
   mesh = parallel.make_mesh()
-  with pytest.raises(pretrained_lib.PretrainedNotFoundError,
+  with pytest.raises(checkpoint.RunNotFoundError,
                      match="No pre-training run at .*nowhere.*config.json"):
     pretrained_lib.load_pretrained(str(tmp_path / "nowhere"), -1, mesh)
   (tmp_path / "empty").mkdir()
   with open(tmp_path / "empty" / "config.json", "w") as f:
     with open(os.path.join(pretrain_dir, "config.json")) as g:
       f.write(g.read())
-  with pytest.raises(pretrained_lib.PretrainedNotFoundError, match="has no checkpoints"):
+  with pytest.raises(checkpoint.RunNotFoundError, match="has no checkpoints"):
     pretrained_lib.load_pretrained(str(tmp_path / "empty"), -1, mesh)
-  with pytest.raises(pretrained_lib.PretrainedNotFoundError,
+  with pytest.raises(checkpoint.RunNotFoundError,
                      match="No checkpoint at step 7 .*steps \\[1, 2\\]"):
     pretrained_lib.load_pretrained(pretrain_dir, 7, mesh)
 
 
 def test_head_layer_that_does_not_exist_is_refused(pretrain_dir):
-  config = pretrained_lib.read_config(pretrain_dir)
+  config = checkpoint.read_config(pretrain_dir)
   with pytest.raises(ValueError, match="representation_layer=3 needs a projection head"):
     pretrained_lib.network_spec(config, 3, 10)
 
@@ -191,7 +192,7 @@ def test_top5_and_exact_evaluation_with_padding():
               "mask": np.ones(2, np.float32)},
              {"features": np.asarray(logits[2:]), "label": np.asarray(labels[2:]),
               "mask": np.array([1, 0], np.float32)}]
-  state = train.TrainState(step=0, params={}, batch_stats={}, opt_state={}, extra={})
+  state = step_lib.TrainState(step=0, params={}, batch_stats={}, opt_state={}, extra={})
   result = classification.evaluate(step, state, iter(batches), mesh)
   assert result["eval_count"] == 3
   assert result["eval_top1"] == pytest.approx(100 / 3)
@@ -291,15 +292,15 @@ def test_knn_run_matches_the_monitor(pretrain_dir, tmp_path):
   config.knn.update(num_train_examples=256, num_eval_examples=64, batch_size=64)
   result = knn_eval.train_and_evaluate(config, str(tmp_path))
   mesh = parallel.make_mesh()
-  pre_config = pretrained_lib.read_config(pretrain_dir)
+  pre_config = checkpoint.read_config(pretrain_dir)
   pre_config.data_dir = SHARED_TFDS
   pre_config.knn.update(num_train_examples=256, num_eval_examples=64, batch_size=64)
-  method_state = train.TrainState(step=0, params=restore_params(pretrain_dir, 2), opt_state={},
+  method_state = step_lib.TrainState(step=0, params=restore_params(pretrain_dir, 2), opt_state={},
                                   batch_stats=restore_state(pretrain_dir, 2)["batch_stats"],
                                   extra={})
   from cvrl_jax import methods
   method = methods.get_method(pre_config, 10, 2)
-  monitor = train.knn_monitor(pre_config, train.make_features_fn(method), method_state, mesh, 10)
+  monitor = knn.monitor(pre_config, knn.method_features(method), method_state, mesh, 10)
   assert result["knn_top1"] == pytest.approx(monitor)
   assert read_metrics(tmp_path) == [{"step": 2, "knn_top1": result["knn_top1"]}]
 
@@ -309,7 +310,7 @@ def test_knn_run_matches_the_monitor(pretrain_dir, tmp_path):
 
 def test_unknown_or_unprepared_dataset_is_named(pretrain_dir, tmp_path):
   config = tiny(linear_config.get_config("cpu"), pretrain_dir, dataset="cifar100")
-  with pytest.raises(input_pipeline.DatasetNotFoundError, match="tfds build cifar100"):
+  with pytest.raises(sources.DatasetNotFoundError, match="tfds build cifar100"):
     linear.train_and_evaluate(config, str(tmp_path / "a"))
   config = tiny(linear_config.get_config("cpu"), pretrain_dir, eval_split="validation")
   with pytest.raises(ValueError, match="cifar10 has no split 'validation'.*'test', 'train'"):
@@ -328,7 +329,7 @@ def test_digits_folder_is_a_stratified_image_folder(tmp_path):
   pytest.importorskip("sklearn", reason="the digits come from scikit-learn: "
                       "pip install -e '.[test]'")
   from sklearn.datasets import load_digits
-  from cvrl_jax.evaluation import digits_folder
+  from cvrl_jax.tools import digits_folder
   counts = digits_folder.write_digits(str(tmp_path), size=16)
   per_class = np.bincount(load_digits().target)
   test = int((per_class // 5).sum())  # every 5th image of each class
@@ -354,12 +355,12 @@ def test_every_methods_checkpoint_feeds_the_evaluations(tmp_path, name):
   config.image_size = 16
   mesh = parallel.make_mesh(1)
   method = methods.get_method(config, 10, 10)
-  state = train.create_train_state(method, optax.sgd(0.1), jax.random.PRNGKey(3),
+  state = step_lib.create_train_state(method, optax.sgd(0.1), jax.random.PRNGKey(3),
                                    (2, 16, 16, 3), mesh)
   workdir = str(tmp_path)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort())
-  with ocp.CheckpointManager(train.checkpoint_dir(workdir)) as mngr:
+  with ocp.CheckpointManager(checkpoint.directory(workdir)) as mngr:
     mngr.save(5, args=ocp.args.StandardSave(state))
   loaded = pretrained_lib.load_pretrained(workdir, -1, mesh)
   assert loaded.step == 5

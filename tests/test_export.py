@@ -5,12 +5,12 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-import orbax.checkpoint as ocp
 import pytest
 
 from configs import moco_v2, moco_v3, simclr_v2
-from cvrl_jax import export, methods, models, parallel, train
+from cvrl_jax import methods, models
+from cvrl_jax.tools import export
+from helpers import fake_workdir
 from cvrl_jax.models import ResNet
 
 
@@ -116,24 +116,6 @@ def test_encoder_is_found_in_every_methods_params(get_config):
   assert jax.tree.structure(enc_stats) == jax.tree.structure(dict(alone["batch_stats"]))
 
 
-def fake_workdir(tmp_path, width: float = 1.0):
-  """A workdir as training leaves it (config.json, an 8-device checkpoint), no training."""
-  c = simclr_v2.get_config("cpu")
-  c.model.width_multiplier = width
-  c.head.update(hidden_dim=16, output_dim=8)
-  workdir = str(tmp_path / "run")
-  method = methods.get_method(c, num_classes=10, total_steps=10)
-  mesh = parallel.make_mesh(None)
-  state = train.create_train_state(method, optax.sgd(0.1), jax.random.PRNGKey(0),
-                                   (1, 32, 32, 3), mesh)
-  state = state.replace(step=jnp.asarray(5))
-  with train._checkpoint_manager(workdir, c) as mngr:
-    mngr.save(5, args=ocp.args.StandardSave(state))
-  with open(f"{workdir}/config.json", "w") as f:
-    f.write(c.to_json_best_effort())
-  return workdir, method, state
-
-
 def test_export_from_a_workdir_to_every_format(tmp_path):
   workdir, method, state = fake_workdir(tmp_path)
   expected = export.flatten(*export.encoder_variables(state.params, state.batch_stats))
@@ -163,7 +145,7 @@ def test_bad_workdirs_and_formats_are_refused(tmp_path):
   with pytest.raises(FileNotFoundError, match="config.json"):
     export.export(str(tmp_path), str(tmp_path / "enc.npz"))
   (tmp_path / "config.json").write_text(simclr_v2.get_config("cpu").to_json_best_effort())
-  with pytest.raises(FileNotFoundError, match="No checkpoint"):
+  with pytest.raises(FileNotFoundError, match="has no checkpoints"):
     export.export(str(tmp_path), str(tmp_path / "enc.npz"))
   with pytest.raises(ValueError, match="width_multiplier=0.25"):
     export.export(str(tmp_path), str(tmp_path / "enc.pt"))

@@ -7,7 +7,7 @@ import pytest
 
 from configs import simclr_v2
 from conftest import SHARED_TFDS
-from cvrl_jax import input_pipeline
+from cvrl_jax.data import pipeline, sources
 
 
 def config(**overrides):
@@ -20,11 +20,11 @@ def config(**overrides):
 
 
 def take(ds, n):
-  return list(itertools.islice(input_pipeline.as_numpy(ds), n))
+  return list(itertools.islice(pipeline.as_numpy(ds), n))
 
 
 def test_train_batches_have_two_different_views_in_range():
-  (batch,) = take(input_pipeline.train_dataset(config(), 8), 1)
+  (batch,) = take(pipeline.train_dataset(config(), 8), 1)
   v1, v2 = batch["views"]
   assert v1.shape == v2.shape == (8, 32, 32, 3) and v1.dtype == np.float32
   assert 0.0 <= v1.min() and v1.max() <= 1.0
@@ -33,9 +33,9 @@ def test_train_batches_have_two_different_views_in_range():
 
 
 def test_same_seed_same_stream_other_seed_other_stream():
-  a = take(input_pipeline.train_dataset(config(), 8), 3)
-  b = take(input_pipeline.train_dataset(config(), 8), 3)
-  c = take(input_pipeline.train_dataset(config(seed=1), 8), 3)
+  a = take(pipeline.train_dataset(config(), 8), 3)
+  b = take(pipeline.train_dataset(config(), 8), 3)
+  c = take(pipeline.train_dataset(config(seed=1), 8), 3)
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x["views"][0], y["views"][0])
   assert not np.allclose(a[0]["views"][0], c[0]["views"][0])
@@ -43,8 +43,8 @@ def test_same_seed_same_stream_other_seed_other_stream():
 
 def test_start_step_resumes_the_stream_exactly_across_epochs():
   # 96 examples / batch 16 = 6 steps per epoch; steps 4..9 cross into epoch 2.
-  full = take(input_pipeline.train_dataset(config(), 16), 10)
-  resumed = take(input_pipeline.train_dataset(config(), 16, start_step=4), 6)
+  full = take(pipeline.train_dataset(config(), 16), 10)
+  resumed = take(pipeline.train_dataset(config(), 16, start_step=4), 6)
   for x, y in zip(full[4:], resumed):
     np.testing.assert_array_equal(x["views"][1], y["views"][1])
     np.testing.assert_array_equal(x["label"], y["label"])
@@ -52,14 +52,14 @@ def test_start_step_resumes_the_stream_exactly_across_epochs():
 
 def test_each_epoch_sees_every_example_once_in_a_new_order():
   c = config(num_train_examples=64)
-  batches = take(input_pipeline.train_dataset(c, 16), 8)
+  batches = take(pipeline.train_dataset(c, 16), 8)
   labels = [np.concatenate([b["label"] for b in batches[e * 4:(e + 1) * 4]]) for e in (0, 1)]
   assert sorted(labels[0]) == sorted(labels[1])  # the same 64 images
   assert not np.array_equal(labels[0], labels[1])  # reshuffled
 
 
 def test_eval_batches_are_padded_and_masked():
-  ds, num_batches = input_pipeline.eval_dataset(config(), "test", 32, num=70)
+  ds, num_batches = pipeline.eval_dataset(config(), "test", 32, num=70)
   batches = take(ds, 100)
   assert num_batches == 3 == len(batches)
   mask = np.concatenate([b["mask"] for b in batches])
@@ -69,8 +69,8 @@ def test_eval_batches_are_padded_and_masked():
 
 
 def test_unknown_dataset_name_is_a_clear_error():
-  with pytest.raises(input_pipeline.DatasetNotFoundError, match="not a TFDS dataset name"):
-    input_pipeline.get_builder(config(dataset="cifar_ten"))
+  with pytest.raises(sources.DatasetNotFoundError, match="not a TFDS dataset name"):
+    sources.get_builder(config(dataset="cifar_ten"))
 
 
 def test_image_folder_dataset(tmp_path):
@@ -82,16 +82,16 @@ def test_image_folder_dataset(tmp_path):
         img = np.random.default_rng(i).integers(0, 255, (40, 40, 3), np.uint8)
         tf.io.write_file(str(tmp_path / split / label / f"{i}.png"), tf.io.encode_png(img))
   c = config(dataset="image_folder", data_dir=str(tmp_path), num_train_examples=0)
-  assert input_pipeline.num_classes(c) == 2
-  (batch,) = take(input_pipeline.train_dataset(c, 4), 1)
+  assert sources.num_classes(c) == 2
+  (batch,) = take(pipeline.train_dataset(c, 4), 1)
   assert batch["views"][0].shape == (4, 32, 32, 3)
 
 
 def test_per_view_settings_take_one_value_or_one_per_view():
   one = config()
   one.augment.solarize_p = (1.0,)  # what --config.augment.solarize_p=1.0 gives
-  (batch,) = take(input_pipeline.train_dataset(one, 8), 1)
-  plain = take(input_pipeline.train_dataset(config(), 8), 1)[0]
+  (batch,) = take(pipeline.train_dataset(one, 8), 1)
+  plain = take(pipeline.train_dataset(config(), 8), 1)[0]
   # Solarised on both views: pixels above 0.5 are inverted, so the views differ
   # from the unsolarised stream's, view 2 included.
   assert not np.allclose(batch["views"][1], plain["views"][1])
@@ -99,4 +99,4 @@ def test_per_view_settings_take_one_value_or_one_per_view():
   three.augment.blur_p = (0.5, 0.5, 0.5)
   three.num_views = 4
   with pytest.raises(ValueError, match=r"config.augment.\w+=\(.*\) has [23] entries for 4 views"):
-    input_pipeline.train_dataset(three, 8)
+    pipeline.train_dataset(three, 8)

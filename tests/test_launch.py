@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from cvrl_jax import train
+from cvrl_jax import checkpoint, loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "launch", "tpu_vm.sh")
@@ -171,8 +171,8 @@ def test_watch_stops_with_an_error_when_the_run_failed(tmp_path):
 
 
 def test_checkpoints_of_a_gcs_workdir_stay_on_gcs():
-  assert train.checkpoint_dir("gs://bucket/run") == "gs://bucket/run/checkpoints"
-  assert train.checkpoint_dir("run") == os.path.join(os.getcwd(), "run", "checkpoints")
+  assert checkpoint.directory("gs://bucket/run") == "gs://bucket/run/checkpoints"
+  assert checkpoint.directory("run") == os.path.join(os.getcwd(), "run", "checkpoints")
 
 
 def test_metrics_are_written_through_tensorflows_file_systems():
@@ -180,7 +180,7 @@ def test_metrics_are_written_through_tensorflows_file_systems():
   import tensorflow as tf
   path = "ram://cvrl_jax_test/run/metrics.jsonl"
   tf.io.gfile.makedirs(os.path.dirname(path))
-  writer = train.JsonlWriter(path)
+  writer = loop.JsonlWriter(path)
   writer.write_scalars(1, {"loss": 2.5})
   writer.write_scalars(2, {"loss": 2.0})
   with tf.io.gfile.GFile(path) as f:

@@ -53,11 +53,11 @@ def _fixed_global_batches(config, local_batch: int, start_step: int):
 
 def _shard_hashes(config) -> list[str]:
   """Hashes of the real eval pipeline's unpadded images on this process."""
-  from cvrl_jax import input_pipeline
+  from cvrl_jax.data import pipeline
 
-  ds, _ = input_pipeline.eval_dataset(config, "test", 32, num=96)
+  ds, _ = pipeline.eval_dataset(config, "test", 32, num=96)
   out = []
-  for batch in input_pipeline.as_numpy(ds):
+  for batch in pipeline.as_numpy(ds):
     for image, mask in zip(batch["image"], batch["mask"]):
       if mask:
         out.append(hashlib.sha1(image.tobytes()).hexdigest())
@@ -68,14 +68,15 @@ def worker(workdir: str) -> None:
   """One process of a run: joins the run (if the environment says so), trains."""
   import jax
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  from cvrl_jax import input_pipeline, parallel, train
+  from cvrl_jax import parallel, train
+  from cvrl_jax.data import pipeline
 
   parallel.initialize_distributed()
   import test_moco
   import test_train
   from configs import moco_v2
 
-  input_pipeline.train_dataset = _fixed_global_batches
+  pipeline.train_dataset = _fixed_global_batches
   runs = {"simclr": test_train.tiny_config(), "moco_v2": test_moco.tiny_config(moco_v2)}
   for name, config in runs.items():
     config.update(total_steps=STEPS, num_devices=0)

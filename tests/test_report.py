@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from cvrl_jax import report
+from cvrl_jax.tools import report
 
 
 def write_run(path, rows, config=None):

@@ -1,70 +1,16 @@
 """The training loop end to end on real CIFAR-10 (tiny model, a few steps)."""
 
-import json
 import os
-import signal
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import simclr_v2
 from conftest import SHARED_TFDS
-from cvrl_jax import input_pipeline, parallel, train
-
-
-def tiny_config(**overrides):
-  c = simclr_v2.get_config("cpu")
-  c.data_dir = SHARED_TFDS
-  c.image_size = 16
-  c.model.width_multiplier = 0.125
-  c.head.update(hidden_dim=32, output_dim=16)
-  c.batch_size = 16
-  c.num_train_examples = 512
-  c.total_steps = 4
-  c.optimizer.warmup_epochs = 1.0
-  c.log_every_steps = 1
-  c.eval_every_steps = 1000
-  c.checkpoint_every_steps = 1000
-  c.knn.update(num_train_examples=256, num_eval_examples=64, batch_size=64,
-               eval_at_start=False)
-  for k, v in overrides.items():
-    c[k] = v
-  return c
-
-
-def read_metrics(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
-
-
-def losses_by_step(workdir):
-  return {r["step"]: r["loss"] for r in read_metrics(workdir) if "loss" in r}
-
-
-def restore_params(workdir, step):
-  mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-  return mngr.restore(step)["params"]
-
-
-def preempted_run(config, workdir, monkeypatch, steps):
-  """Runs ``config`` with a SIGTERM arriving during step ``steps`` (a preemption)."""
-  make_step = train.make_train_step
-
-  def preempted_after(*args):
-    step_fn, calls = make_step(*args), []
-
-    def wrapped(*a):
-      calls.append(1)
-      if len(calls) == steps:
-        os.kill(os.getpid(), signal.SIGTERM)
-      return step_fn(*a)
-    return wrapped
-
-  with monkeypatch.context() as m:
-    m.setattr(train, "make_train_step", preempted_after)
-    train.train_and_evaluate(config, workdir)
+from helpers import losses_by_step, preempted_run, restore_params, tiny_config
+from cvrl_jax import parallel, train
+from cvrl_jax.data import sources
 
 
 def test_one_and_eight_devices_give_the_same_losses(tmp_path):
@@ -129,7 +75,7 @@ def test_batch_that_does_not_split_over_devices_is_refused(tmp_path):
 
 def test_missing_dataset_says_how_to_get_it(tmp_path):
   config = tiny_config(data_dir=str(tmp_path / "empty"))
-  with pytest.raises(input_pipeline.DatasetNotFoundError,
+  with pytest.raises(sources.DatasetNotFoundError,
                      match="(?s)tfds build cifar10.*--config.data_dir"):
     train.train_and_evaluate(config, str(tmp_path / "wd"))
 

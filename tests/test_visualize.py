@@ -5,10 +5,10 @@ import os
 import numpy as np
 import pytest
 from conftest import SHARED_TFDS
-from test_export import fake_workdir
+from helpers import fake_workdir
 
 from configs import moco_v3, simclr_v2
-from cvrl_jax import export, visualize
+from cvrl_jax.tools import export, visualize
 
 
 def test_grid_has_the_computed_size_borders_and_pixels(tmp_path):

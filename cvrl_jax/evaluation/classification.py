@@ -1,10 +1,10 @@
-"""The loop every classifier evaluation shares: linear eval, fine-tuning, distillation.
+"""What every classifier evaluation shares: linear eval, fine-tuning, distillation.
 
 A task is a ``methods.base.Method`` whose "method" is supervised: its ``loss``
-runs per device under ``train.make_train_step``'s ``shard_map``, so evaluations
-get the pre-training step as it is (global-batch gradients, cross-replica
-BatchNorm, donated state), its checkpoints and resume, metrics writer, NaN guard
-and preemption handling. What stays frozen lives in the train state's ``extra``,
+runs per device under ``step.make_train_step``'s ``shard_map``, and ``run`` hands
+it to ``loop.train``, so evaluations get pre-training's step as it is
+(global-batch gradients, cross-replica BatchNorm, donated state) and its loop
+(checkpoints and resume, writers, NaN and transfer guards, preemption). What stays frozen lives in the train state's ``extra``,
 which is never differentiated or updated: a linear probe's encoder, a
 distillation teacher.
 
@@ -21,12 +21,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import tensorflow as tf
 from absl import logging
 
-from cvrl_jax import input_pipeline, optim, parallel, train
-from cvrl_jax.evaluation import data, pretrained as pretrained_lib
+from cvrl_jax import loop, optim, parallel, step
+from cvrl_jax.data import pipeline, sources, subsets
+from cvrl_jax.evaluation import pretrained as pretrained_lib
 from cvrl_jax.methods import base
 
 
@@ -64,7 +64,7 @@ class Task(base.Method):
     """Logits of a batch in eval mode ({"image"} or precomputed {"features"})."""
     raise NotImplementedError
 
-  def load(self, state: train.TrainState, loaded: dict) -> train.TrainState:
+  def load(self, state: step.TrainState, loaded: dict) -> step.TrainState:
     """``state`` with the trained-elsewhere variables (pre-trained encoder, teacher) in."""
     raise NotImplementedError
 
@@ -73,7 +73,7 @@ def make_eval_step(task: Task):
   """Jitted sums over a global eval batch: correct top-1 / top-5, count, loss."""
 
   @jax.jit
-  def eval_step(state: train.TrainState, batch: dict) -> dict:
+  def eval_step(state: step.TrainState, batch: dict) -> dict:
     logits = task.eval_logits(state.params, state.batch_stats, state.extra, batch)
     labels, mask = batch["label"], batch["mask"]
     return {"correct1": jnp.sum(topk_correct(logits, labels, 1) * mask),
@@ -83,7 +83,7 @@ def make_eval_step(task: Task):
   return eval_step
 
 
-def evaluate(eval_step, state: train.TrainState, batches: Iterator[dict],
+def evaluate(eval_step, state: step.TrainState, batches: Iterator[dict],
              mesh: jax.sharding.Mesh) -> dict[str, float]:
   """Top-1 / top-5 (%) and mean loss over every unpadded example of ``batches``."""
   totals: dict[str, float] = {}
@@ -122,20 +122,20 @@ def labelled_subset(config: ml_collections.ConfigDict, workdir: str
   A ``label_fraction`` below 1 draws a class-balanced subset with
   ``label_seed`` and lists it in ``workdir/labelled_examples.csv``.
   """
-  total = data.check_split(config, config.train_split)
-  limit = config.get("num_train_examples") or total
-  fraction = config.get("label_fraction", 1.0) or 1.0
+  total = sources.num_examples(config, config.train_split)
+  limit = config.num_train_examples or total
+  fraction = config.label_fraction
   if fraction >= 1.0 and limit >= total:
     return None, total
-  labels, ids = data.read_labels(config, config.train_split)
+  labels, ids = sources.read_labels(config, config.train_split)
   labels = labels[:limit]
-  indices = data.class_balanced_fraction(labels, fraction, config.get("label_seed", 0))
+  indices = subsets.class_balanced_fraction(labels, fraction, config.label_seed)
   path = os.path.join(workdir, "labelled_examples.csv")
-  fingerprint = data.write_listing(path, indices, labels, ids)
+  fingerprint = subsets.write_listing(path, indices, labels, ids)
   per_class = np.bincount(labels[indices])
   logging.info("Labelled examples: %d of %d (%s), %d-%d per class, fingerprint %s, listed "
                "in %s.", len(indices), total, f"{fraction:.2%} class-balanced, seed "
-               f"{config.get('label_seed', 0)}", per_class.min(), per_class.max(),
+               f"{config.label_seed}", per_class.min(), per_class.max(),
                fingerprint, path)
   return indices, len(indices)
 
@@ -170,83 +170,43 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh
   """Trains ``task`` from ``loaded`` (or the workdir's checkpoint), evaluates, writes.
 
   ``make_stream(start_step)`` yields host batches for training, ``eval_batches()``
-  the padded eval split. Writes ``config.json`` (with the network), metrics to
-  ``metrics.jsonl`` and logs a one-line summary (wall time from ``started``, e.g.
-  before features were cached); returns the final metrics.
+  the padded eval split. ``loop.train`` writes ``config.json`` (with the network)
+  and the metrics; a finished run logs a one-line summary (wall time from
+  ``started``, e.g. before features were cached) to ``summary.txt``. Returns the
+  final metrics.
   """
   started = started or time.time()
   steps_per_epoch = max(num_train // config.batch_size, 1)
-  total_steps = config.get("total_steps") or int(np.ceil(config.num_epochs * steps_per_epoch))
+  total_steps = config.total_steps or int(np.ceil(config.num_epochs * steps_per_epoch))
   task.total_steps = total_steps
   tx, schedule = create_optimizer(config, ml_collections.ConfigDict(task.spec["model"]),
                                   total_steps, steps_per_epoch)
   init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   shape = (2, config.image_size, config.image_size, 3)
-  state = task.load(train.create_train_state(task, tx, init_rng, shape, mesh), loaded)
-  mngr = train._checkpoint_manager(workdir, config)
-  state = train._restore(mngr, state)
-  start_step = int(state.step)
-  if jax.process_index() == 0:
-    with tf.io.gfile.GFile(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-
-  writer = train.create_writer(workdir)
-  train_step, eval_step = train.make_train_step(task, tx, mesh), make_eval_step(task)
+  state = task.load(step.create_train_state(task, tx, init_rng, shape, mesh), loaded)
+  train_step, eval_step = step.make_train_step(task, tx, mesh), make_eval_step(task)
   step_rng = jax.device_put(step_rng, parallel.replicated(mesh))
   logging.info("%s: %d steps (%d per epoch over %d labelled examples), global batch %d on "
                "%d devices.", description, total_steps, steps_per_epoch, num_train,
                config.batch_size, mesh.devices.size)
 
-  def run_eval(step: int) -> dict[str, float]:
-    with train._reading(config, "during evaluation"):
-      result = evaluate(eval_step, state, eval_batches(), mesh)
-    writer.write_scalars(step, result)
-    return result
+  def run_eval(state: step.TrainState, _) -> dict[str, float]:
+    with loop.reading(config, "during evaluation"):
+      return evaluate(eval_step, state, eval_batches(), mesh)
 
-  summary: dict[str, float] = {}
-  stream = make_stream(start_step)
-  acc, throughput = None, train._StepRate(start_step)
-  eval_every = config.get("eval_every_steps") or total_steps
-  with train._Preemption() as preemption, mngr:
-    for step in range(start_step + 1, total_steps + 1):
-      with train._reading(config, f"at step {step}"):
-        batch = next(stream)
-      state, metrics = train_step(state, parallel.host_to_global(batch, mesh), step_rng)
-      acc = train._merge(acc, metrics)
-      last = step == total_steps
-      preempted = preemption.requested or mngr.reached_preemption(step)
-      if step % config.log_every_steps == 0 or last or preempted:
-        summary.update(train._summary(acc), learning_rate=float(schedule(step - 1)),
-                       images_per_sec=throughput.rate(step) * config.batch_size)
-        acc = None
-        train._raise_if_not_finite(summary, step, mngr)
-        writer.write_scalars(step, summary)
-      if step % eval_every == 0 or last:
-        summary.update(run_eval(step))
-        throughput = train._StepRate(step)
-      if step % config.checkpoint_every_steps == 0 or last or preempted:
-        mngr.save(step, args=ocp.args.StandardSave(state), force=True)
-      if preempted:
-        logging.warning("Stopped at step %d after preemption; rerun to resume.", step)
-        writer.flush()
-        return summary
-  if start_step >= total_steps:  # already finished: report the saved result again
-    summary.update(run_eval(total_steps))
-  writer.flush()
+  state, summary = loop.train(
+      config, workdir, state,
+      train_step=lambda s, b: train_step(s, parallel.host_to_global(b, mesh), step_rng),
+      batches=make_stream, total_steps=total_steps, schedule=schedule, evaluate=run_eval,
+      eval_every=config.eval_every_steps)
+  if int(state.step) < total_steps:  # preempted: the rerun reports
+    return summary
   minutes = (time.time() - started) / 60
-  line = (f"{description}: top-1 {summary['eval_top1']:.2f}%, top-5 "
-          f"{summary['eval_top5']:.2f}% on {config.dataset}:{config.eval_split} "
-          f"({int(summary['eval_count'])} images), {total_steps} steps, {minutes:.1f} min.")
-  write_summary(workdir, line)
+  loop.write_summary(workdir, (
+      f"{description}: top-1 {summary['eval_top1']:.2f}%, top-5 "
+      f"{summary['eval_top5']:.2f}% on {config.dataset}:{config.eval_split} "
+      f"({int(summary['eval_count'])} images), {total_steps} steps, {minutes:.1f} min."))
   return summary
-
-
-def write_summary(workdir: str, line: str) -> None:
-  """Logs the run's one-line result and appends it to ``workdir/summary.txt``."""
-  logging.info("RESULT %s", line)
-  if jax.process_index() == 0:
-    with tf.io.gfile.GFile(os.path.join(workdir, "summary.txt"), "a") as f:
-      f.write(line + "\n")
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str, frozen_backbone: bool = False
@@ -254,7 +214,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, frozen_backbone: bool
   """What linear eval, fine-tuning and kNN start with: the mesh, the pre-trained
   run, the resolved config (recording the network) and the network's spec."""
   tf.io.gfile.makedirs(workdir)
-  mesh = parallel.make_mesh(config.get("num_devices") or None)
+  mesh = parallel.make_mesh(config.num_devices or None)
   pre = pretrained_lib.load_pretrained(config.pretrained, config.pretrained_step, mesh)
   config = resolve(config, pre.config)
   spec = pretrained_lib.network_spec(pre.config, config.representation_layer,
@@ -271,25 +231,24 @@ def describe(config: ml_collections.ConfigDict, pre: pretrained_lib.Pretrained) 
 
 def num_classes(config: ml_collections.ConfigDict) -> int:
   """Classes of ``config.dataset`` (checks that its eval split exists too)."""
-  data.check_split(config, config.eval_split)
-  return input_pipeline.num_classes(config)
+  sources.num_examples(config, config.eval_split)
+  return sources.num_classes(config)
 
 
 def eval_images(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
                 ) -> Callable[[], Iterator[dict]]:
   """The padded, centre-cropped eval split, as a function giving a fresh pass."""
   local = parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
-  return lambda: input_pipeline.as_numpy(
-      input_pipeline.eval_dataset(config, config.eval_split, local,
-                                  config.get("num_eval_examples") or None)[0])
+  return lambda: pipeline.as_numpy(
+      pipeline.eval_dataset(config, config.eval_split, local, config.num_eval_examples or None)[0])
 
 
 def image_stream(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                  indices: Optional[np.ndarray], labelled: Optional[np.ndarray] = None
                  ) -> Callable[[int], Iterator[dict]]:
   local = parallel.check_batch_size(config.batch_size, mesh)
-  return lambda start: input_pipeline.as_numpy(
-      data.train_stream(config, local, start, indices, labelled))
+  return lambda start: pipeline.as_numpy(
+      pipeline.labelled_dataset(config, local, start, indices, labelled))
 
 
 def with_network(config: ml_collections.ConfigDict, spec: dict, **fields: Any

@@ -27,7 +27,7 @@ def eval_config(task: str) -> ml_collections.ConfigDict:
   c.label_fraction = 1.0     # < 1: a class-balanced fraction of the train split
   c.label_seed = 0           # which fraction: fixed, independent of ``seed``
 
-  c.augment = "crop_flip"    # or "none" (centre crop; linear eval then caches features)
+  c.train_augment = "crop_flip"  # or "none" (centre crop; linear eval then caches features)
   c.crop_area = (0.08, 1.0)
   c.batch_size = 4096
   c.eval_batch_size = 1024

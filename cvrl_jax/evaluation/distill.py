@@ -26,7 +26,9 @@ import tensorflow as tf
 from jax import lax
 
 from cvrl_jax import parallel
-from cvrl_jax.evaluation import classification, data, finetune, pretrained as pretrained_lib
+from cvrl_jax import checkpoint
+from cvrl_jax.data import sources
+from cvrl_jax.evaluation import classification, finetune, pretrained as pretrained_lib
 from cvrl_jax.methods import base
 
 
@@ -94,9 +96,9 @@ def student_spec(config: ml_collections.ConfigDict, teacher_spec: dict) -> dict:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Distils ``config.teacher`` into a student; returns the student's final metrics."""
   tf.io.gfile.makedirs(workdir)
-  mesh = parallel.make_mesh(config.get("num_devices") or None)
+  mesh = parallel.make_mesh(config.num_devices or None)
   teacher = pretrained_lib.load_classifier(config.teacher, mesh, config.teacher_step)
-  teacher_config = pretrained_lib.read_config(config.teacher, "teacher (fine-tuning)")
+  teacher_config = checkpoint.read_config(config.teacher, "teacher (fine-tuning)")
   config = classification.resolve(config, teacher_config)
   num_classes = classification.num_classes(config)
   if num_classes != teacher.spec["num_classes"]:
@@ -108,8 +110,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   config = classification.with_network(config, spec, teacher_step_used=teacher.step)
   # The student sees every training image; with alpha < 1 the labelled fraction's
   # labels are used too.
-  total = data.check_split(config, config.train_split)
-  limit = min(config.get("num_train_examples") or total, total)
+  total = sources.num_examples(config, config.train_split)
+  limit = min(config.num_train_examples or total, total)
   indices = None if limit == total else np.arange(limit)
   labelled = None
   if config.distill.alpha < 1.0:

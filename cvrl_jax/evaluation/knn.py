@@ -1,16 +1,21 @@
-"""Weighted k-nearest-neighbour classification on frozen features.
+"""Weighted k-nearest-neighbour classification on frozen features, and the monitor.
 
 The standard SSL monitor (Wu et al. 2018, InstDisc; used by MoCo, DINO and
 solo-learn): cosine similarity to a labelled bank of training features, the k
-most similar vote for their class with weight exp(sim / T).
+most similar vote for their class with weight exp(sim / T). ``monitor`` runs it
+on a run's current encoder (pre-training's ``knn_top1``, ``configs/knn_eval.py``).
 """
 
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
+from cvrl_jax import loop, parallel
+from cvrl_jax.data import pipeline
 from cvrl_jax.losses import l2_normalize
 
 
@@ -55,3 +60,37 @@ def extract(features_fn: Callable[[dict], jax.Array],
     feats.append(np.asarray(f, np.float32))
     labels.append(np.asarray(y))
   return np.concatenate(feats), np.concatenate(labels)
+
+
+def method_features(method) -> Callable[[Any, dict], Any]:
+  """Jitted (``method.features``, labels) of a global batch, from a train state:
+  what pre-training's monitor evaluates."""
+  @jax.jit
+  def features(state, batch):
+    return method.features(state.params, state.batch_stats, batch["image"]), batch["label"]
+  return features
+
+
+def monitor(config: ml_collections.ConfigDict, features_fn: Callable[[Any, dict], Any],
+            variables: Any, mesh: jax.sharding.Mesh, num_classes: int) -> float:
+  """kNN top-1 (%) of the eval split against a bank of train-split features.
+
+  ``features_fn(variables, global_batch)`` gives (features, labels) of a batch;
+  ``config.knn`` sets k, T, the batch and how many examples of each split to use
+  (0: the whole split).
+  """
+  kc = config.knn
+  local_batch = parallel.check_batch_size(kc.batch_size, mesh, "knn.batch_size")
+
+  def run(split, num):
+    ds, _ = pipeline.eval_dataset(config, split, local_batch, num or None)
+    batches = (parallel.host_to_global(b, mesh) for b in pipeline.as_numpy(ds))
+    return extract(
+        lambda b: multihost_utils.process_allgather(features_fn(variables, b), tiled=True),
+        batches)
+
+  with loop.reading(config, "for the kNN monitor"):
+    bank, bank_labels = run(config.train_split, kc.num_train_examples)
+    queries, labels = run(config.eval_split, kc.num_eval_examples)
+  return knn_top1(queries, labels, bank, bank_labels, num_classes=num_classes,
+                  k=kc.k, temperature=kc.temperature)

@@ -6,8 +6,8 @@ layer) is restored from the pre-training run and kept in the train state's
 BatchNorm statistics, none updated), as in SimCLR's and MoCo's linear protocols.
 Only ``classifier`` is a parameter.
 
-With ``augment='crop_flip'`` (the papers') every step runs the encoder on freshly
-augmented images. With ``augment='none'`` each image's representation is the
+With ``train_augment='crop_flip'`` (the papers') every step runs the encoder on
+freshly augmented images. With ``train_augment='none'`` each image's representation is the
 same every epoch, so it is computed once for the train and the eval split and
 the classifier trains on the cached features: minutes instead of hours on a CPU.
 """
@@ -22,8 +22,9 @@ from absl import logging
 from jax import lax
 from jax.experimental import multihost_utils
 
-from cvrl_jax import input_pipeline, parallel, train
-from cvrl_jax.evaluation import classification, data, knn, pretrained as pretrained_lib
+from cvrl_jax import loop, parallel, step
+from cvrl_jax.data import pipeline
+from cvrl_jax.evaluation import classification, knn, pretrained as pretrained_lib
 
 
 class LinearProbe(classification.Task):
@@ -38,14 +39,14 @@ class LinearProbe(classification.Task):
   def load(self, state, loaded):
     return state.replace(extra=loaded)
 
-  def _features(self, extra, batch):
+  def frozen_features(self, extra, batch):
     if "features" in batch:
       return batch["features"]
     return lax.stop_gradient(self.net(None).apply(extra, batch["image"], train=False,
                                                    method="represent"))
 
   def _logits(self, params, extra, batch):
-    return self.net(None).apply({"params": params}, self._features(extra, batch),
+    return self.net(None).apply({"params": params}, self.frozen_features(extra, batch),
                                 method="classify")
 
   def loss(self, params, batch_stats, extra, batch, rng, step, axis_name):
@@ -62,7 +63,7 @@ def extract_features(task: LinearProbe, state, batches, mesh) -> tuple[np.ndarra
   """Representations and labels of every real (unpadded) example, on every process."""
   @jax.jit
   def features(extra, batch):
-    return task._features(extra, batch), batch["label"]
+    return task.frozen_features(extra, batch), batch["label"]
 
   feats, labels = knn.extract(
       lambda b: multihost_utils.process_allgather(features(state.extra, b), tiled=True),
@@ -80,19 +81,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   loaded = pretrained_lib.backbone_variables(pre, spec)
   eval_images = classification.eval_images(config, mesh)
   what = f"linear eval of {classification.describe(config, pre)}"
-  if config.augment != "none":
+  if config.train_augment != "none":
     return classification.run(config, workdir, mesh, task, loaded,
                               classification.image_stream(config, mesh, indices),
                               eval_images, num_train, what)
 
   # No augmentation: each representation is computed once.
-  state = task.load(train.create_train_state(
+  state = task.load(step.create_train_state(
       task, optax.identity(), jax.random.PRNGKey(0),
       (2, config.image_size, config.image_size, 3), mesh), loaded)
   local = parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
-  with train._reading(config, "while caching features"):
-    train_x, train_y = extract_features(task, state, input_pipeline.as_numpy(
-        data.one_pass(config, config.train_split, local, indices)), mesh)
+  with loop.reading(config, "while caching features"):
+    train_x, train_y = extract_features(task, state, pipeline.as_numpy(
+        pipeline.eval_dataset(config, config.train_split, local, indices=indices)[0]), mesh)
     eval_x, eval_y = extract_features(task, state, eval_images(), mesh)
   logging.info("Cached features: train %s, eval %s.", train_x.shape, eval_x.shape)
 
@@ -106,7 +107,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
              "label": np.pad(y, (0, pad), constant_values=-1),
              "mask": np.pad(np.ones(len(x), np.float32), (0, pad))}
 
-  stream = lambda start: data.feature_batches(train_x, train_y, config.batch_size,
+  stream = lambda start: pipeline.feature_batches(train_x, train_y, config.batch_size,
                                               config.seed, start)
   return classification.run(config, workdir, mesh, task, loaded, stream, eval_batches,
                             len(train_x), what + ", cached features", started)

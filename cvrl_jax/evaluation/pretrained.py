@@ -21,25 +21,17 @@ teacher for distillation).
 """
 
 import dataclasses
-import json
-import os
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import orbax.checkpoint as ocp
-import tensorflow as tf
 
-from cvrl_jax import methods, models, parallel, train
+from cvrl_jax import checkpoint, methods, models, parallel
+from cvrl_jax.methods import base
 
-BACKBONE = ("encoder", "head")  # the parameter groups restored from pre-training
-LATEST = -1
-
-
-class PretrainedNotFoundError(FileNotFoundError):
-  """The pre-training (or teacher) workdir is missing or has nothing to restore."""
+BACKBONE = (base.ENCODER, base.HEAD)  # the parameter groups restored from pre-training
 
 
 class HeadLayers(nn.Module):
@@ -121,56 +113,6 @@ class Pretrained:
   batch_stats: dict
 
 
-def read_config(workdir: str, what: str = "pre-training") -> ml_collections.ConfigDict:
-  """``workdir/config.json`` as a ConfigDict, or an error naming what is wrong."""
-  path = os.path.join(workdir, "config.json")
-  if not workdir or not tf.io.gfile.exists(path):
-    raise PretrainedNotFoundError(
-        f"No {what} run at {workdir!r}: expected its workdir, holding config.json and "
-        f"checkpoints/ (what `python -m cvrl_jax.main --workdir=DIR` writes). Point "
-        f"--config.pretrained at such a workdir.")
-  try:
-    with tf.io.gfile.GFile(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
-  except (json.JSONDecodeError, ValueError, TypeError) as e:
-    raise PretrainedNotFoundError(f"{path} is not a readable config ({e}).") from e
-
-
-def _manager(workdir: str) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(train.checkpoint_dir(workdir),
-                               item_handlers=ocp.PyTreeCheckpointHandler())
-
-
-def restore_subtrees(workdir: str, step: int, abstract: dict, what: str) -> tuple[dict, int]:
-  """Restores the subtrees of a TrainState checkpoint that ``abstract`` names.
-
-  ``abstract`` maps top-level state fields (params, batch_stats, extra) to trees
-  of ShapeDtypeStructs with shardings; nothing else in the checkpoint is read.
-  ``step`` -1 means the latest. Returns the values and the step restored.
-  """
-  mngr = _manager(workdir)
-  steps = mngr.all_steps()
-  if not steps:
-    raise PretrainedNotFoundError(
-        f"The {what} workdir {workdir} has no checkpoints (checkpoints/ is empty or "
-        "missing): the run has not saved yet.")
-  step = max(steps) if step == LATEST else step
-  if step not in steps:
-    raise PretrainedNotFoundError(
-        f"No checkpoint at step {step} in {mngr.directory}; there are steps {steps}. "
-        "Use --config.pretrained_step=-1 for the latest, or 0 for the initialisation.")
-  try:
-    restored = mngr.restore(step, args=ocp.args.PyTreeRestore(item=abstract,
-                                                              partial_restore=True))
-  except Exception as e:  # orbax raises many types; all mean the same to a user.
-    raise RuntimeError(
-        f"Cannot read the {what} checkpoint at step {step} in {mngr.directory} "
-        f"({type(e).__name__}: {e}). It may be corrupt, or written by a different "
-        "config than its config.json: choose another step with "
-        "--config.pretrained_step.") from e
-  return restored, step
-
-
 def _abstract(tree: Any, sharding) -> Any:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
@@ -181,7 +123,7 @@ def load_pretrained(workdir: str, step: int, mesh: jax.sharding.Mesh) -> Pretrai
   ``step`` -1: the latest checkpoint; 0: the run's initialisation (no checkpoint
   is read); N: that step. Values come back replicated on ``mesh``.
   """
-  config = read_config(workdir)
+  config = checkpoint.read_config(workdir)
   # num_classes only sizes the online probe, which evaluations drop.
   method = methods.get_method(config, num_classes=1,
                               total_steps=max(config.get("total_steps") or 1, 1))
@@ -193,14 +135,14 @@ def load_pretrained(workdir: str, step: int, mesh: jax.sharding.Mesh) -> Pretrai
     pick = lambda tree: {k: tree[k] for k in BACKBONE if k in tree}
     return pick(params), pick(batch_stats)
 
-  if "encoder" not in jax.eval_shape(init, init_rng)[0]:
+  if base.ENCODER not in jax.eval_shape(init, init_rng)[0]:
     raise ValueError(f"Method {config.method!r} has no 'encoder' parameters to evaluate.")
   replicated = parallel.replicated(mesh)
   if step == 0:
     params, batch_stats = jax.jit(init, out_shardings=replicated)(init_rng)
     return Pretrained(config, 0, params, batch_stats)
   shapes = jax.eval_shape(init, init_rng)
-  restored, step = restore_subtrees(
+  restored, step = checkpoint.restore_subtrees(
       workdir, step, {"params": _abstract(shapes[0], replicated),
                       "batch_stats": _abstract(shapes[1], replicated)}, "pre-training")
   return Pretrained(config, step, restored["params"], restored["batch_stats"])
@@ -209,13 +151,13 @@ def load_pretrained(workdir: str, step: int, mesh: jax.sharding.Mesh) -> Pretrai
 def backbone_variables(pretrained: Pretrained, spec: dict) -> dict:
   """The pre-trained encoder (and head layers ``spec`` keeps) as Classifier variables."""
   keep = lambda tree: {
-      "encoder": tree["encoder"],
-      **({"head": {k: v for k, v in tree["head"].items()
-                   if int(k.rsplit("_", 1)[1]) < len(spec["head_dims"])}}
+      base.ENCODER: tree[base.ENCODER],
+      **({base.HEAD: {k: v for k, v in tree[base.HEAD].items()
+                      if int(k.rsplit("_", 1)[1]) < len(spec["head_dims"])}}
          if spec["head_dims"] else {})}
   variables = {"params": keep(pretrained.params)}
-  if "encoder" in pretrained.batch_stats:  # ViTs have no BatchNorm
-    variables["batch_stats"] = keep({"head": {}, **pretrained.batch_stats})
+  if base.ENCODER in pretrained.batch_stats:  # ViTs have no BatchNorm
+    variables["batch_stats"] = keep({base.HEAD: {}, **pretrained.batch_stats})
   return variables
 
 
@@ -227,12 +169,12 @@ class TrainedClassifier:
   variables: dict
 
 
-def load_classifier(workdir: str, mesh: jax.sharding.Mesh, step: int = LATEST
+def load_classifier(workdir: str, mesh: jax.sharding.Mesh, step: int = checkpoint.LATEST
                     ) -> TrainedClassifier:
   """The ``Classifier`` a linear-eval, fine-tuning or distillation run saved in ``workdir``."""
-  config = read_config(workdir, "teacher (fine-tuning)")
+  config = checkpoint.read_config(workdir, "teacher (fine-tuning)")
   if "network" not in config:
-    raise PretrainedNotFoundError(
+    raise checkpoint.RunNotFoundError(
         f"{workdir} is not an evaluation run (its config.json has no 'network'): the "
         "teacher must be the workdir of a configs/finetune.py (or linear_eval.py, "
         "distill.py) run.")
@@ -250,7 +192,7 @@ def load_classifier(workdir: str, mesh: jax.sharding.Mesh, step: int = LATEST
     abstract = {"params": {"classifier": shapes["params"]["classifier"]}, "extra": backbone}
   else:
     abstract = {k: v for k, v in shapes.items() if k in ("params", "batch_stats")}
-  restored, step = restore_subtrees(workdir, step, abstract, "teacher")
+  restored, step = checkpoint.restore_subtrees(workdir, step, abstract, "teacher")
   if spec.get("frozen_backbone"):
     extra = restored.pop("extra")
     restored = {**extra, "params": {**extra["params"], **restored["params"]}}
