@@ -6,7 +6,9 @@ resume from the workdir's latest checkpoint, ``config.json``, writers
 evaluation, checkpoints, and the guards: a NaN/inf loss stops the run before it
 is saved, SIGTERM (a preempted TPU VM) saves and stops, a tf.data read error
 names the data and the fix, and between logs nothing waits for the device
-(``jax.transfer_guard_device_to_host``).
+(``jax.transfer_guard_device_to_host``). Each evaluation's row also has
+``train_seconds``: the wall time since the process started (imports, data and
+compilation included), evaluations excluded: time to accuracy.
 
 Config keys read here: ``log_every_steps``, ``checkpoint_every_steps``,
 ``max_to_keep``, ``batch_size`` (for images/s) and ``dataset`` (in messages).
@@ -114,6 +116,40 @@ class Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+_LOADED = time.time()
+
+
+def process_start_time() -> float:
+  """Unix time at which this process started (Linux's /proc; elsewhere, when this
+  module was imported), so that start-up counts in ``train_seconds``."""
+  try:
+    with open("/proc/self/stat") as f:
+      start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+    with open("/proc/stat") as f:
+      boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+    return boot + start_ticks / os.sysconf("SC_CLK_TCK")
+  except (OSError, ValueError, IndexError, StopIteration):
+    return _LOADED
+
+
+class TrainClock:
+  """Wall-clock seconds since the process started, with evaluations left out."""
+
+  def __init__(self):
+    self._start, self._excluded = process_start_time(), 0.0
+
+  def seconds(self) -> float:
+    return time.time() - self._start - self._excluded
+
+  @contextlib.contextmanager
+  def excluded(self):
+    began = time.time()
+    try:
+      yield
+    finally:
+      self._excluded += time.time() - began
+
+
 def merge_metrics(acc: Optional[dict], new: dict) -> dict:
   """Metrics accumulated on the device since the last log (clu ``Average``s)."""
   return new if acc is None else {k: acc[k].merge(new[k]) for k in acc}
@@ -156,9 +192,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, state: Any, *,
     writer.write_hparams(hparams)
 
   summary: dict[str, float] = {}
+  clock = TrainClock()
 
   def run_eval(step: int) -> None:
-    result = evaluate(state, step)
+    trained = clock.seconds()
+    with clock.excluded():
+      result = {**evaluate(state, step), "train_seconds": trained}
     writer.write_scalars(step, result)
     summary.update(result)
 

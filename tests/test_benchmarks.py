@@ -120,3 +120,33 @@ def test_the_benchmark_modules_import_in_one_process():
   """absl flags are process-wide: two modules defining the same flag cannot both be
   imported (as test files sharing a pytest worker do)."""
   from benchmarks import memory, scaling, throughput  # noqa: F401
+
+
+def test_time_to_accuracy_records_a_curve_per_run(tmp_path):
+  """Two tiny runs end to end: kNN at step 0 and at each evaluation point, on the
+  loop's clock (start-up included, evaluations excluded), JSON and PNG written."""
+  from conftest import SHARED_TFDS
+  tiny = ["--config.total_steps=4", "--config.batch_size=16", "--config.num_train_examples=256",
+          "--config.image_size=16", "--config.model.width_multiplier=0.125",
+          # after the tool's standard-protocol flags, so these small sizes win
+          "--config.knn.num_train_examples=256", "--config.knn.num_eval_examples=64",
+          "--config.knn.batch_size=64"]
+  out = tmp_path / "tta"
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.time_to_accuracy",
+                         "--run=simclr=configs/simclr_v2.py:cpu", "--run=byol=configs/byol.py:cpu",
+                         f"--data_dir={SHARED_TFDS}", f"--out={out}", "--evals=2", "--", *tiny],
+                        cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads((out / "time_to_accuracy.json").read_text())
+  assert [r["name"] for r in report["runs"]] == ["simclr", "byol"]
+  for run in report["runs"]:
+    assert "--config.knn.num_train_examples=0" in run["command"]  # the standard protocol
+    curve = run["curve"]
+    assert [p["step"] for p in curve] == [0, 2, 4]
+    minutes = [p["minutes"] for p in curve]
+    assert 0 < minutes[0] < minutes[1] < minutes[2] < run["wall_minutes"]
+    assert all(0 <= p["knn_top1"] <= 100 for p in curve)
+    rows = [json.loads(line) for line in open(out / "work" / run["name"] / "metrics.jsonl")]
+    assert {r["step"] for r in rows if "train_seconds" in r} == {0, 2, 4}
+  assert (out / "time_to_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert "simclr: kNN" in proc.stdout and "byol: kNN" in proc.stdout
