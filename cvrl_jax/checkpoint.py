@@ -3,11 +3,14 @@
 A workdir holds ``config.json`` (the run's config, written at start) and
 ``checkpoints/<step>/`` (orbax, the whole ``TrainState``). Three kinds of reader:
 
-* a run resuming itself: ``restore_latest`` (the whole state, onto the mesh);
+* a run resuming itself: ``resume`` (the whole state, onto the mesh);
 * an evaluation reading another run: ``restore_subtrees`` (only the parts it
   names, e.g. the encoder; the optimiser state is never read);
 * the export and pictures: ``restore_on_host`` (everything, as numpy, whatever
   mesh wrote it; the shapes come from the checkpoint itself).
+
+Every reader of the newest checkpoint falls back to the newest one that reads
+(a VM taken away mid-write leaves a partial one), saying which it skipped and why.
 
 Local paths are made absolute (orbax needs it); URLs such as ``gs://bucket/run``
 are kept as they are and written through orbax's and ``tf.io.gfile``'s own file
@@ -16,7 +19,8 @@ systems.
 
 import json
 import os
-from typing import Any
+import time
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -24,8 +28,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import tensorflow as tf
 from absl import logging
+from jax.experimental import multihost_utils
 
 CONFIG_FILE = "config.json"
+UNREADABLE = "unreadable_checkpoints"  # where resume moves checkpoints that do not read
 LATEST = -1  # a step argument meaning "the newest checkpoint"
 
 
@@ -46,44 +52,96 @@ def manager(workdir: str, max_to_keep: int) -> ocp.CheckpointManager:
       options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
 
 
-def restore_latest(mngr: ocp.CheckpointManager, state: Any) -> Any:
-  """``state`` from the newest checkpoint of ``mngr`` (``state`` itself if none),
-  with the shapes and shardings of ``state``."""
-  step = mngr.latest_step()
-  if step is None:
-    return state
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-  try:
-    restored = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
-  except Exception as e:  # orbax raises many types; all mean the same to a user.
-    raise RuntimeError(
-        f"Cannot read the checkpoint at step {step} in {mngr.directory} "
-        f"({type(e).__name__}: {e}). If it is corrupt, move that step's folder "
-        f"away to resume from the one before, or use a new --workdir. If the "
-        f"config changed since it was written, run with the original config.") from e
-  logging.info("Resumed from the checkpoint at step %d.", step)
-  return restored
+def _describe(e: Exception) -> str:
+  return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
 
 
-def _reader(workdir: str, handler: ocp.CheckpointHandler, what: str
-            ) -> tuple[ocp.CheckpointManager, list[int]]:
-  """A read-only manager of another run's checkpoints, and their steps."""
-  mngr = ocp.CheckpointManager(directory(workdir), item_handlers=handler)
+def _newest_readable(steps: list[int], restore: Callable[[int], Any], where: str
+                     ) -> tuple[Any, int, list[tuple[int, str]]]:
+  """``restore(step)`` of the newest step that reads, the step, and the newer steps
+  skipped with why; the error names every step when none reads."""
+  skipped = []
+  for step in sorted(steps, reverse=True):
+    try:
+      return restore(step), step, skipped
+    except Exception as e:  # orbax raises many types; all mean "unreadable" here
+      skipped.append((step, _describe(e)))
+      logging.warning("The checkpoint at step %d in %s does not read (%s); trying the one "
+                      "before.", step, where, skipped[-1][1])
+  reasons = "; ".join(f"step {s}: {why}" for s, why in skipped)
+  raise RuntimeError(
+      f"Cannot read the checkpoint at step {skipped[0][0]} in {where}"
+      f"{', nor any older one' if len(skipped) > 1 else ''} ({reasons}). If they are "
+      "corrupt, use a new --workdir. If the config changed since they were written, "
+      "run with the original config.")
+
+
+def resume(workdir: str, state: Any, max_to_keep: int) -> tuple[ocp.CheckpointManager, Any]:
+  """The manager a run saves with, and ``state`` restored from the newest checkpoint
+  of ``workdir`` that reads (``state`` itself if there is none).
+
+  A newer checkpoint that does not read (truncated or deleted files, an empty step
+  folder: a VM taken away mid-write) is moved to ``workdir/unreadable_checkpoints/``
+  with a warning naming its step and why, so the run resumes from the last complete
+  state and saves its later steps again. When none reads, nothing is moved and the
+  error names each step.
+  """
+  mngr = manager(workdir, max_to_keep)
   steps = mngr.all_steps()
+  if not steps:
+    return mngr, state
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+
+  def restore(step):  # a manager of its own: a failed read can leave one confused
+    with manager(workdir, max_to_keep) as attempt:
+      return attempt.restore(step, args=ocp.args.StandardRestore(abstract))
+
+  restored, step, skipped = _newest_readable(steps, restore, mngr.directory)
+  if skipped:
+    mngr.close()
+    _set_aside(workdir, [s for s, _ in skipped])
+    mngr = manager(workdir, max_to_keep)
+  logging.info("Resumed from the checkpoint at step %d.", step)
+  return mngr, restored
+
+
+def _set_aside(workdir: str, steps: list[int]) -> None:
+  """Moves unreadable step folders out of ``checkpoints/`` (process 0), keeping them."""
+  if jax.process_index() == 0:
+    aside = os.path.join(os.path.dirname(directory(workdir)), UNREADABLE)
+    tf.io.gfile.makedirs(aside)
+    for step in steps:
+      target = os.path.join(aside, f"{step}-{int(time.time())}")
+      tf.io.gfile.rename(os.path.join(directory(workdir), str(step)), target)
+      logging.warning("Moved the unreadable checkpoint of step %d to %s; resuming from "
+                      "the newest one that reads.", step, target)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("cvrl_jax.checkpoint.set_aside")
+
+
+def _read(workdir: str, step: int, handler: Callable[[], ocp.CheckpointHandler],
+          restore: Callable[[ocp.CheckpointManager, int], Any], what: str) -> tuple[Any, int]:
+  """``restore(manager, s)`` of another run's checkpoint ``step`` (LATEST: the newest
+  that reads), each try with a read-only manager of its own."""
+  path = directory(workdir)
+  with ocp.CheckpointManager(path, item_handlers=handler()) as mngr:
+    steps = mngr.all_steps()
   if not steps:
     raise RunNotFoundError(
         f"The {what} workdir {workdir} has no checkpoints (checkpoints/ is empty or "
         "missing): the run has not saved yet.")
-  return mngr, steps
-
-
-def _pick(step: int, steps: list[int], mngr: ocp.CheckpointManager) -> int:
-  step = max(steps) if step == LATEST else step
-  if step not in steps:
+  if step != LATEST and step not in steps:
     raise RunNotFoundError(
-        f"No checkpoint at step {step} in {mngr.directory}; there are steps {steps}. "
+        f"No checkpoint at step {step} in {path}; there are steps {steps}. "
         "Use --config.pretrained_step=-1 for the latest, or 0 for the initialisation.")
-  return step
+
+  def attempt(s):
+    with ocp.CheckpointManager(path, item_handlers=handler()) as mngr:
+      return restore(mngr, s)
+
+  value, step, _ = _newest_readable(steps if step == LATEST else [step], attempt,
+                                    f"the {what} run's {path}")
+  return value, step
 
 
 def restore_subtrees(workdir: str, step: int, abstract: dict, what: str) -> tuple[dict, int]:
@@ -91,20 +149,11 @@ def restore_subtrees(workdir: str, step: int, abstract: dict, what: str) -> tupl
 
   ``abstract`` maps top-level state fields (params, batch_stats, extra) to trees
   of ShapeDtypeStructs with shardings; nothing else in the checkpoint is read.
-  ``step`` LATEST means the newest. Returns the values and the step restored.
+  ``step`` LATEST means the newest that reads (newer unreadable ones are skipped
+  with a warning). Returns the values and the step restored.
   """
-  mngr, steps = _reader(workdir, ocp.PyTreeCheckpointHandler(), what)
-  step = _pick(step, steps, mngr)
-  try:
-    restored = mngr.restore(step, args=ocp.args.PyTreeRestore(item=abstract,
-                                                              partial_restore=True))
-  except Exception as e:  # orbax raises many types; all mean the same to a user.
-    raise RuntimeError(
-        f"Cannot read the {what} checkpoint at step {step} in {mngr.directory} "
-        f"({type(e).__name__}: {e}). It may be corrupt, or written by a different "
-        "config than its config.json: choose another step with "
-        "--config.pretrained_step.") from e
-  return restored, step
+  return _read(workdir, step, ocp.PyTreeCheckpointHandler, lambda mngr, s: mngr.restore(
+      s, args=ocp.args.PyTreeRestore(item=abstract, partial_restore=True)), what)
 
 
 def restore_on_host(workdir: str, step: int = LATEST, what: str = "training"
@@ -114,13 +163,14 @@ def restore_on_host(workdir: str, step: int = LATEST, what: str = "training"
   Restores onto one device whatever mesh wrote the checkpoint, and needs neither
   the optimiser nor the data: the tree's shapes come from the checkpoint itself.
   """
-  mngr, steps = _reader(workdir, ocp.StandardCheckpointHandler(), what)
-  step = _pick(step, steps, mngr)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                          mngr.item_metadata(step).tree)
-  state = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
-  mngr.close()
+
+  def restore(mngr, s):
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                            mngr.item_metadata(s).tree)
+    return mngr.restore(s, args=ocp.args.StandardRestore(abstract))
+
+  state, step = _read(workdir, step, ocp.StandardCheckpointHandler, restore, what)
   return jax.tree.map(np.asarray, state), step
 
 

@@ -183,8 +183,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, state: Any, *,
   at step 0 with ``eval_at_start``, and once if the run had already finished.
   A preempted run returns early: its state's step is below ``total_steps``.
   """
-  mngr = checkpoint.manager(workdir, config.max_to_keep)
-  state = checkpoint.restore_latest(mngr, state)
+  mngr, state = checkpoint.resume(workdir, state, config.max_to_keep)
   start_step = int(state.step)
   checkpoint.write_config(workdir, config)
   writer = create_writer(workdir)

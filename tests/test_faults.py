@@ -1,0 +1,88 @@
+"""Faults injected, and what survives them (the README's "What survives what")."""
+
+import os
+import shutil
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from helpers import fake_workdir, losses_by_step, preempted_run, tiny_config
+
+from cvrl_jax import checkpoint, parallel, train
+from cvrl_jax.evaluation import pretrained as pretrained_lib
+from cvrl_jax.tools import export
+
+
+def _truncate_arrays(step_dir):
+  """Cuts every array file of a checkpoint in half: a VM taken away mid-write."""
+  cut = 0
+  for root, _, files in os.walk(step_dir):
+    for name in files:
+      path = os.path.join(root, name)
+      if "/d/" in path + "/" and not name.startswith("_"):
+        with open(path, "r+b") as f:
+          f.truncate(os.path.getsize(path) // 2)
+        cut += 1
+  assert cut, f"no array files under {step_dir}"
+
+
+def _steps(workdir):
+  return ocp.CheckpointManager(checkpoint.directory(str(workdir))).all_steps()
+
+
+@pytest.mark.parametrize("fault", ["truncated", "deleted", "empty"])
+def test_resume_skips_a_partial_latest_checkpoint(tmp_path, monkeypatch, caplog, fault):
+  config = tiny_config(num_devices=2, total_steps=6, checkpoint_every_steps=2)
+  train.train_and_evaluate(config, str(tmp_path / "straight"))
+
+  partial = tmp_path / "partial"
+  preempted_run(config, str(partial), monkeypatch, steps=4)  # saves step 4 and stops
+  assert _steps(partial) == [2, 4]
+  step4 = partial / "checkpoints" / "4"
+  if fault == "truncated":
+    _truncate_arrays(step4)
+  elif fault == "deleted":
+    shutil.rmtree(step4 / "default")
+  else:
+    shutil.rmtree(step4)
+    step4.mkdir()
+  caplog.set_level("WARNING")
+  train.train_and_evaluate(config, str(partial))
+
+  assert any("step 4" in r.getMessage() and "does not read" in r.getMessage()
+             for r in caplog.records)
+  kept = os.listdir(partial / checkpoint.UNREADABLE)
+  assert len(kept) == 1 and kept[0].startswith("4-")  # moved aside, not deleted
+  assert _steps(partial) == [2, 4, 6]  # steps 3-6 ran again from step 2
+  straight, resumed = losses_by_step(tmp_path / "straight"), losses_by_step(partial)
+  for step in (3, 4, 5, 6):
+    assert resumed[step] == pytest.approx(straight[step], rel=1e-6), step
+
+
+def test_evaluations_and_export_read_the_newest_checkpoint_that_reads(tmp_path, caplog):
+  workdir, _, state = fake_workdir(tmp_path)
+  with checkpoint.manager(workdir, 3) as mngr:
+    mngr.save(7, args=ocp.args.StandardSave(state.replace(step=state.step + 2)))
+  _truncate_arrays(os.path.join(checkpoint.directory(workdir), "7"))
+  caplog.set_level("WARNING")
+  run = export.restore_run(workdir)
+  assert run.step == 5
+  assert any("step 7" in r.getMessage() for r in caplog.records)
+  np.testing.assert_array_equal(run.params["encoder"]["stem_conv"]["kernel"],
+                                np.asarray(state.params["encoder"]["stem_conv"]["kernel"]))
+  loaded = pretrained_lib.load_pretrained(workdir, checkpoint.LATEST, parallel.make_mesh(1))
+  assert loaded.step == 5
+  np.testing.assert_array_equal(loaded.params["encoder"]["stem_conv"]["kernel"],
+                                run.params["encoder"]["stem_conv"]["kernel"])
+  assert _steps(workdir) == [5, 7]  # a reader moves nothing
+
+
+def test_no_readable_checkpoint_is_a_clear_error_and_moves_nothing(tmp_path):
+  config = tiny_config(num_devices=1, total_steps=2, checkpoint_every_steps=1)
+  train.train_and_evaluate(config, str(tmp_path))
+  for step in _steps(tmp_path):
+    _truncate_arrays(tmp_path / "checkpoints" / str(step))
+  with pytest.raises(RuntimeError, match="(?s)Cannot read the checkpoint at step 2.*nor any "
+                                         "older one.*step 1"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert _steps(tmp_path) == [1, 2] and not (tmp_path / checkpoint.UNREADABLE).exists()
