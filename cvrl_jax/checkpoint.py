@@ -174,6 +174,16 @@ def restore_on_host(workdir: str, step: int = LATEST, what: str = "training"
   return jax.tree.map(np.asarray, state), step
 
 
+def steps_on_disk(workdir: str) -> list[int]:
+  """The complete step folders in ``checkpoints/`` (no orbax: for error messages)."""
+  path = directory(workdir)
+  try:
+    names = tf.io.gfile.listdir(path)
+  except tf.errors.OpError:
+    return []
+  return sorted(int(n.strip("/")) for n in names if n.strip("/").isdigit())
+
+
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   """``workdir/config.json``, what later readers rebuild the run from (process 0)."""
   if jax.process_index() == 0:

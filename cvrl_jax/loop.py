@@ -159,6 +159,54 @@ def _compute(acc: dict) -> dict[str, float]:
   return {k: float(v.compute()) for k, v in acc.items()}
 
 
+@contextlib.contextmanager
+def writing(what: str, workdir: str, errors: tuple[type[Exception], ...] = (
+    OSError, tf.errors.OpError), mngr: Optional[ocp.CheckpointManager] = None):
+  """Turns a failed write (a full disk, a read-only or vanished workdir) into an error
+  that names the path and the cause, and says which checkpoints are intact (after
+  ``mngr``'s saves still in flight have finished or failed)."""
+  try:
+    yield
+  except errors as e:
+    if mngr is not None:
+      try:
+        mngr.wait_until_finished()
+      except Exception:  # pylint: disable=broad-except  # the failure being reported
+        pass
+    cause = e.message if isinstance(e, tf.errors.OpError) else f"{type(e).__name__}: {e}"
+    if len(cause) > 600:  # tensorstore's are long; the OS's reason comes last
+      cause = f"{cause[:250]} ... {cause[-300:]}"
+    steps = checkpoint.steps_on_disk(workdir)
+    kept = (f"The checkpoints written before (steps {steps}) are intact; rerun the same "
+            f"command to resume from step {steps[-1]}" if steps else
+            "No checkpoint had been written yet; rerun the same command to start again")
+    raise RuntimeError(
+        f"Writing {what} in {workdir} failed: {cause}. {kept} once the disk has space "
+        "and the workdir is writable, or choose another --workdir.") from e
+
+
+# A failed save surfaces from orbax's and tensorstore's threads as OSError, or as a
+# ValueError ("RESOURCE_EXHAUSTED: ... No space left on device"), among others.
+_SAVE_ERRORS = (Exception,)
+
+
+@contextlib.contextmanager
+def _closing(mngr: ocp.CheckpointManager, workdir: str):
+  """Closes ``mngr`` at the end, which waits for its pending (asynchronous) saves:
+  one that failed raises there (a save can also fail at the next ``save``)."""
+  try:
+    yield
+  finally:
+    with writing("checkpoints", workdir, _SAVE_ERRORS, mngr):
+      mngr.close()
+
+
+def make_workdir(workdir: str) -> None:
+  """Creates the run's workdir, or says why it cannot be written."""
+  with writing("the workdir", workdir):
+    tf.io.gfile.makedirs(workdir)
+
+
 def raise_if_not_finite(summary: dict[str, float], step: int,
                         mngr: ocp.CheckpointManager) -> None:
   """Stops the run, keeping the last good checkpoint, when a logged value is NaN/inf."""
@@ -185,7 +233,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, state: Any, *,
   """
   mngr, state = checkpoint.resume(workdir, state, config.max_to_keep)
   start_step = int(state.step)
-  checkpoint.write_config(workdir, config)
+  with writing("config.json", workdir):
+    checkpoint.write_config(workdir, config)
   writer = create_writer(workdir)
   if start_step == 0 and hparams:
     writer.write_hparams(hparams)
@@ -197,7 +246,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, state: Any, *,
     trained = clock.seconds()
     with clock.excluded():
       result = {**evaluate(state, step), "train_seconds": trained}
-    writer.write_scalars(step, result)
+    with writing("metrics", workdir, mngr=mngr):
+      writer.write_scalars(step, result)
     summary.update(result)
 
   if start_step == 0 and eval_at_start:
@@ -208,7 +258,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, state: Any, *,
   report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                            every_steps=config.log_every_steps)
   acc, throughput = None, StepRate(start_step)
-  with Preemption() as preemption, mngr:  # closing waits for pending saves
+  with Preemption() as preemption, _closing(mngr, workdir):
     for step in range(start_step + 1, total_steps + 1):
       # Between logs nothing waits for the device (tests/test_compile_once.py): on
       # an accelerator, an implicit device-to-host read here raises.
@@ -218,7 +268,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, state: Any, *,
           batch = next(stream)
         state, metrics = train_step(state, batch)
         acc = merge_metrics(acc, metrics)
-      report(step)
+      with writing("metrics", workdir, mngr=mngr):
+        report(step)
       last = step == total_steps
       preempted = preemption.requested or mngr.reached_preemption(step)
       if step % config.log_every_steps == 0 or last or preempted:
@@ -226,7 +277,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, state: Any, *,
                   "images_per_sec": throughput.rate(step) * config.batch_size}
         acc = None
         raise_if_not_finite(logged, step, mngr)
-        writer.write_scalars(step, logged)
+        with writing("metrics", workdir, mngr=mngr):
+          writer.write_scalars(step, logged)
         summary.update(logged)
       if (eval_every and step % eval_every == 0) or last:
         run_eval(step)
@@ -234,7 +286,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, state: Any, *,
       if step % config.checkpoint_every_steps == 0 or last or preempted:
         if acc is not None:  # steps since the last log: check them before saving
           raise_if_not_finite(_compute(acc), step, mngr)
-        mngr.save(step, args=ocp.args.StandardSave(state), force=True)
+        # orbax writes in the background: a failure shows at the next save or at the end
+        with writing(f"checkpoints (at step {step})", workdir, _SAVE_ERRORS, mngr):
+          mngr.save(step, args=ocp.args.StandardSave(state), force=True)
       if preempted:
         logging.warning("Stopped at step %d after preemption; rerun to resume.", step)
         break

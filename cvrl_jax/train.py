@@ -18,7 +18,6 @@ import math
 
 import jax
 import ml_collections
-import tensorflow as tf
 from absl import logging
 
 from cvrl_jax import loop, methods, optim, parallel, step
@@ -38,7 +37,7 @@ def num_train_steps(config: ml_collections.ConfigDict, num_examples: int) -> tup
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Pre-trains ``config.method``; returns the last logged metrics."""
-  tf.io.gfile.makedirs(workdir)
+  loop.make_workdir(workdir)
   mesh = parallel.make_mesh(config.num_devices or None)
   local_batch = parallel.check_batch_size(config.batch_size, mesh)
   num_examples = config.num_train_examples or sources.num_examples(config, config.train_split)

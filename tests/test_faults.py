@@ -8,7 +8,7 @@ import orbax.checkpoint as ocp
 import pytest
 from helpers import fake_workdir, losses_by_step, preempted_run, tiny_config
 
-from cvrl_jax import checkpoint, parallel, train
+from cvrl_jax import checkpoint, loop, parallel, train
 from cvrl_jax.evaluation import pretrained as pretrained_lib
 from cvrl_jax.tools import export
 
@@ -77,6 +77,30 @@ def test_evaluations_and_export_read_the_newest_checkpoint_that_reads(tmp_path, 
   assert _steps(workdir) == [5, 7]  # a reader moves nothing
 
 
+def test_a_failed_metrics_write_is_named_and_keeps_the_checkpoints(tmp_path, monkeypatch):
+  """A fault-injecting writer: metrics.jsonl's first write at step 4 finds the disk full."""
+  import errno
+  write = loop.JsonlWriter.write_scalars
+
+  def full_disk(self, step, scalars):
+    if step >= 4:
+      raise OSError(errno.ENOSPC, "No space left on device", self._path)
+    return write(self, step, scalars)
+
+  monkeypatch.setattr(loop.JsonlWriter, "write_scalars", full_disk)
+  config = tiny_config(num_devices=2, total_steps=6, checkpoint_every_steps=2)
+  with pytest.raises(RuntimeError, match=r"(?s)Writing metrics in .* failed: OSError: \[Errno "
+                                         r"28\] No space left.*metrics.jsonl.*steps \[2\]\) are intact"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert export.restore_run(str(tmp_path)).step == 2
+
+
+def test_a_workdir_that_cannot_be_created_is_named(tmp_path):
+  (tmp_path / "a_file").write_text("not a folder")
+  with pytest.raises(RuntimeError, match="Writing the workdir in .*a_file/run failed:"):
+    train.train_and_evaluate(tiny_config(), str(tmp_path / "a_file" / "run"))
+
+
 def test_no_readable_checkpoint_is_a_clear_error_and_moves_nothing(tmp_path):
   config = tiny_config(num_devices=1, total_steps=2, checkpoint_every_steps=1)
   train.train_and_evaluate(config, str(tmp_path))
@@ -86,3 +110,60 @@ def test_no_readable_checkpoint_is_a_clear_error_and_moves_nothing(tmp_path):
                                          "older one.*step 1"):
     train.train_and_evaluate(config, str(tmp_path))
   assert _steps(tmp_path) == [1, 2] and not (tmp_path / checkpoint.UNREADABLE).exists()
+
+
+# --- A full disk: a real size-limited file system (tmpfs) in a private mount namespace ---
+
+def _disk_full_run(workdir: str, result_path: str) -> None:
+  """(Run as a script inside the namespace.) Trains until the disk is full, then
+  checks what is left on it and writes what it found to ``result_path``."""
+  import json
+  config = tiny_config(num_devices=2, total_steps=40, checkpoint_every_steps=1)
+  config.max_to_keep = 100
+  found = {}
+  try:
+    train.train_and_evaluate(config, workdir)
+  except RuntimeError as e:
+    found["error"] = str(e)
+  steps = checkpoint.steps_on_disk(workdir)
+  found["steps"] = steps
+  found["readable"] = [export.restore_run(workdir, s).step for s in steps]
+  with open(result_path, "w") as f:
+    json.dump(found, f)
+
+
+def _one_checkpoint_kb(tmp_path) -> int:
+  train.train_and_evaluate(tiny_config(num_devices=2, total_steps=1), str(tmp_path / "size"))
+  step_dir = tmp_path / "size" / "checkpoints" / "1"
+  return sum(f.stat().st_size for f in step_dir.rglob("*") if f.is_file()) // 1024
+
+
+def test_a_full_disk_is_named_and_the_checkpoints_before_it_stay_readable(tmp_path):
+  import json
+  import subprocess
+  import sys
+  if not shutil.which("unshare"):
+    pytest.skip("needs unshare(1) for a private tmpfs")
+  size_kb = int(_one_checkpoint_kb(tmp_path) * 2.5) + 256  # room for two checkpoints
+  mount, result = tmp_path / "small_disk", tmp_path / "result.json"
+  mount.mkdir()
+  script = (f"mount -t tmpfs -o size={size_kb}k tmpfs {mount} && "
+            f"exec {sys.executable} {__file__} {mount}/run {result}")
+  ns = ["-m"] if os.geteuid() == 0 else ["-r", "-m"]
+  proc = subprocess.run(["unshare", *ns, "sh", "-c", script], cwd=os.path.dirname(__file__),
+                        capture_output=True, text=True, timeout=600,
+                        env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(
+                            os.path.abspath(__file__)))})
+  if "mount" in proc.stderr and not result.exists():
+    pytest.skip(f"cannot mount a tmpfs here: {proc.stderr[-300:]}")
+  assert result.exists(), proc.stderr[-3000:]
+  found = json.loads(result.read_text())
+  assert found["error"].startswith(f"Writing checkpoints (at step ")
+  assert "No space left on device" in found["error"]
+  assert f"{mount}/run" in found["error"] and "rerun the same command" in found["error"]
+  assert len(found["steps"]) >= 1 and found["readable"] == found["steps"]
+
+
+if __name__ == "__main__":
+  import sys
+  _disk_full_run(sys.argv[1], sys.argv[2])

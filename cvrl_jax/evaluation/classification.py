@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import tensorflow as tf
 from absl import logging
 
 from cvrl_jax import loop, optim, parallel, step
@@ -213,7 +212,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, frozen_backbone: bool
           ) -> tuple[ml_collections.ConfigDict, jax.sharding.Mesh, pretrained_lib.Pretrained, dict]:
   """What linear eval, fine-tuning and kNN start with: the mesh, the pre-trained
   run, the resolved config (recording the network) and the network's spec."""
-  tf.io.gfile.makedirs(workdir)
+  loop.make_workdir(workdir)
   mesh = parallel.make_mesh(config.num_devices or None)
   pre = pretrained_lib.load_pretrained(config.pretrained, config.pretrained_step, mesh)
   config = resolve(config, pre.config)

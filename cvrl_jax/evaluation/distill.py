@@ -22,11 +22,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tensorflow as tf
 from jax import lax
 
-from cvrl_jax import parallel
-from cvrl_jax import checkpoint
+from cvrl_jax import checkpoint, loop, parallel
 from cvrl_jax.data import sources
 from cvrl_jax.evaluation import classification, finetune, pretrained as pretrained_lib
 from cvrl_jax.methods import base
@@ -95,7 +93,7 @@ def student_spec(config: ml_collections.ConfigDict, teacher_spec: dict) -> dict:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Distils ``config.teacher`` into a student; returns the student's final metrics."""
-  tf.io.gfile.makedirs(workdir)
+  loop.make_workdir(workdir)
   mesh = parallel.make_mesh(config.num_devices or None)
   teacher = pretrained_lib.load_classifier(config.teacher, mesh, config.teacher_step)
   teacher_config = checkpoint.read_config(config.teacher, "teacher (fine-tuning)")
