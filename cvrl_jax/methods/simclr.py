@@ -22,14 +22,14 @@ class SimCLR(base.Method):
 
   def loss(self, params, batch_stats, extra, batch, rng, step, axis_name):
     del rng, step
-    labels = batch["label"]
     (_, (z, _), _, logits), batch_stats = base.apply_together(
         self.net(axis_name), params, batch_stats, batch["views"])
     z1, z2 = jnp.split(z, 2)
     loss = losses.nt_xent(z1, z2, temperature=self.config.simclr.temperature,
                           axis_name=axis_name)
-    return base.with_probe(parallel.pmean(loss, axis_name), logits, jnp.concatenate([labels] * 2),
-                           axis_name, batch_stats, extra)
+    labels = jnp.concatenate([batch["label"]] * 2)  # the probe learns from both views
+    return base.with_probe(parallel.pmean(loss, axis_name), logits, labels, axis_name,
+                           batch_stats, extra)
 
   def features(self, params, batch_stats, images):
     _, (_, hiddens), _, _ = self.net(None).apply(
