@@ -43,12 +43,9 @@ VARIANTS = ("imagenet", "cifar10", "cpu")
 
 
 def get_config(variant: str = "imagenet") -> ml_collections.ConfigDict:
-  if variant not in VARIANTS:
-    raise ValueError(f"Unknown variant {variant!r}: use one of {', '.join(VARIANTS)}.")
-  c = config_lib.base_config()
-  c.method = "barlow_twins"
-  c.barlow_twins = ml_collections.ConfigDict(dict(lambd=0.0051))
-  c.head = ml_collections.ConfigDict(dict(num_layers=3, hidden_dim=8192, output_dim=8192))
+  config_lib.check_variant(variant, VARIANTS)
+  c = config_lib.base_config("barlow_twins")  # lambd 0.0051; a projector without last BN
+  c.head.update(num_layers=3, hidden_dim=8192, output_dim=8192)
   c.batch_size = 2048
   c.num_epochs = 1000
   c.optimizer.update(name="lars", base_lr=0.2, lr_scaling="linear", weight_decay=1.5e-6,

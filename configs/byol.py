@@ -47,14 +47,10 @@ VARIANTS = ("imagenet", "cifar10", "cpu")
 
 
 def get_config(variant: str = "imagenet") -> ml_collections.ConfigDict:
-  if variant not in VARIANTS:
-    raise ValueError(f"Unknown variant {variant!r}: use one of {', '.join(VARIANTS)}.")
-  c = config_lib.base_config()
-  c.method = "byol"
-  c.byol = ml_collections.ConfigDict(dict(tau=0.996))  # at step 0; rises to 1
-  c.head = ml_collections.ConfigDict(dict(num_layers=2, hidden_dim=4096, output_dim=256,
-                                          last_bn=False))
-  c.predictor = ml_collections.ConfigDict(dict(num_layers=2, hidden_dim=4096, last_bn=False))
+  config_lib.check_variant(variant, VARIANTS)
+  c = config_lib.base_config("byol")  # tau 0.996 at step 0, rising to 1
+  c.head.update(num_layers=2, hidden_dim=4096, output_dim=256, last_bn=False)
+  c.predictor.update(num_layers=2, hidden_dim=4096, last_bn=False)
   c.num_epochs = 1000
   c.optimizer.update(name="lars", base_lr=0.2, lr_scaling="linear", weight_decay=1.5e-6,
                      momentum=0.9, warmup_epochs=10.0, schedule="cosine")

@@ -55,16 +55,8 @@ VARIANTS = ("imagenet", "vit_small", "cifar10", "cpu")
 
 
 def get_config(variant: str = "imagenet") -> ml_collections.ConfigDict:
-  if variant not in VARIANTS:
-    raise ValueError(f"Unknown variant {variant!r}: use one of {', '.join(VARIANTS)}.")
-  c = config_lib.base_config()
-  c.method = "dino"
-  c.dino = ml_collections.ConfigDict(dict(
-      hidden_dim=2048, bottleneck_dim=256, out_dim=65536, num_layers=3,
-      use_bn_in_head=True, norm_last_layer=True, freeze_last_layer_epochs=1.0,
-      momentum=0.996,           # teacher EMA at step 0; rises to 1 on a half cosine
-      center_momentum=0.9, student_temp=0.1,
-      warmup_teacher_temp=0.04, teacher_temp=0.04, teacher_temp_warmup_epochs=0.0))
+  config_lib.check_variant(variant, VARIANTS)
+  c = config_lib.base_config("dino")  # config.dino: methods/dino.py's defaults (ImageNet's)
   c.batch_size = 1024
   c.num_epochs = 100
   c.optimizer.update(name="sgd", base_lr=0.03, lr_scaling="linear", weight_decay=1e-4,

@@ -49,15 +49,10 @@ VARIANTS = ("imagenet", "cifar10", "cpu")
 
 
 def get_config(variant: str = "imagenet") -> ml_collections.ConfigDict:
-  if variant not in VARIANTS:
-    raise ValueError(f"Unknown variant {variant!r}: use one of {', '.join(VARIANTS)}.")
-  c = config_lib.base_config()
-  c.method = "moco"
-  c.moco = ml_collections.ConfigDict(dict(
-      queue_size=65_536, momentum=0.999, temperature=0.07,
-      bn_groups=8))  # BatchNorm groups over the global batch (ShuffleBN)
-  c.head = ml_collections.ConfigDict(dict(num_layers=1, hidden_dim=0, output_dim=128,
-                                          use_bn=False))
+  config_lib.check_variant(variant, VARIANTS)
+  # config.moco: queue 65,536, momentum 0.999, temperature 0.07, 8 BN groups.
+  c = config_lib.base_config("moco")
+  c.head.update(num_layers=1, hidden_dim=0, output_dim=128, use_bn=False)
   c.batch_size = 256
   c.num_epochs = 200
   c.optimizer.update(name="sgd", base_lr=0.03, lr_scaling="linear", weight_decay=1e-4,

@@ -45,13 +45,10 @@ VARIANTS = ("imagenet", "cifar10", "cpu")
 
 
 def get_config(variant: str = "imagenet") -> ml_collections.ConfigDict:
-  if variant not in VARIANTS:
-    raise ValueError(f"Unknown variant {variant!r}: use one of {', '.join(VARIANTS)}.")
-  c = config_lib.base_config()
-  c.method = "nnclr"
-  c.nnclr = ml_collections.ConfigDict(dict(queue_size=98_304, temperature=0.1))
-  c.head = ml_collections.ConfigDict(dict(num_layers=3, hidden_dim=2048, output_dim=256))
-  c.predictor = ml_collections.ConfigDict(dict(num_layers=2, hidden_dim=4096))
+  config_lib.check_variant(variant, VARIANTS)
+  c = config_lib.base_config("nnclr")  # a support set of 98,304, temperature 0.1
+  c.head.update(num_layers=3, hidden_dim=2048, output_dim=256)
+  c.predictor.update(num_layers=2, hidden_dim=4096)
   c.num_epochs = 1000
   c.optimizer.update(name="lars", base_lr=0.3, lr_scaling="linear", weight_decay=1e-6,
                      momentum=0.9, warmup_epochs=10.0, schedule="cosine")

@@ -24,6 +24,8 @@ import ml_collections
 
 from configs import simclr_v2
 
+VARIANTS = simclr_v2.VARIANTS
+
 
 def get_config(variant: str = "imagenet") -> ml_collections.ConfigDict:
   c = simclr_v2.get_config(variant)

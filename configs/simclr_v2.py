@@ -39,23 +39,20 @@ import ml_collections
 
 from cvrl_jax import config as config_lib
 
+VARIANTS = ("imagenet", "cifar10", "cifar10_r50", "cpu")
+
 
 def get_config(variant: str = "imagenet") -> ml_collections.ConfigDict:
-  c = config_lib.base_config()
-  c.method = "simclr"
-  c.temperature = 0.1
-  c.head = ml_collections.ConfigDict(dict(num_layers=3, hidden_dim=2048, output_dim=128))
-  c.representation_layer = 0  # 0: encoder output; 1: the head's first layer (v2)
+  config_lib.check_variant(variant, VARIANTS)
+  c = config_lib.base_config("simclr")  # temperature 0.1, representation_layer 0
+  c.head.update(num_layers=3, hidden_dim=2048, output_dim=128)
   c.num_epochs = 800
   c.optimizer.update(base_lr=0.1, lr_scaling="sqrt", weight_decay=1e-4)
   c.augment.on_device = True  # 224 px; use_cifar10 turns it off
   if variant == "imagenet":
     return c
-  if variant not in ("cifar10", "cifar10_r50", "cpu"):
-    raise ValueError(f"Unknown variant {variant!r}: use imagenet, cifar10, "
-                     "cifar10_r50 or cpu.")
   config_lib.use_cifar10(c, depth=50 if variant == "cifar10_r50" else 18)
-  c.temperature = 0.5
+  c.simclr.temperature = 0.5
   c.head.hidden_dim = 2048 if variant == "cifar10_r50" else 512
   c.augment.update(color_strength=0.5, blur_p=(0.0, 0.0))
   c.optimizer.update(base_lr=1.0, lr_scaling="linear", weight_decay=1e-4)

@@ -46,13 +46,10 @@ VARIANTS = ("imagenet", "cifar10", "cpu")
 
 
 def get_config(variant: str = "imagenet") -> ml_collections.ConfigDict:
-  if variant not in VARIANTS:
-    raise ValueError(f"Unknown variant {variant!r}: use one of {', '.join(VARIANTS)}.")
-  c = config_lib.base_config()
-  c.method = "simsiam"
-  c.head = ml_collections.ConfigDict(dict(num_layers=3, hidden_dim=2048, output_dim=2048,
-                                          last_bn=True))
-  c.predictor = ml_collections.ConfigDict(dict(num_layers=2, hidden_dim=512))
+  config_lib.check_variant(variant, VARIANTS)
+  c = config_lib.base_config("simsiam")
+  c.head.update(num_layers=3, hidden_dim=2048, output_dim=2048, last_bn=True)
+  c.predictor.update(num_layers=2, hidden_dim=512)
   c.batch_size = 512
   c.num_epochs = 100
   c.optimizer.update(name="sgd", base_lr=0.05, lr_scaling="linear", weight_decay=1e-4,

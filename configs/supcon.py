@@ -42,12 +42,9 @@ VARIANTS = ("imagenet", "cifar10", "cpu")
 
 
 def get_config(variant: str = "imagenet") -> ml_collections.ConfigDict:
-  if variant not in VARIANTS:
-    raise ValueError(f"Unknown variant {variant!r}: use one of {', '.join(VARIANTS)}.")
-  c = config_lib.base_config()
-  c.method = "supcon"
-  c.temperature = 0.1
-  c.head = ml_collections.ConfigDict(dict(num_layers=2, hidden_dim=2048, output_dim=128))
+  config_lib.check_variant(variant, VARIANTS)
+  c = config_lib.base_config("supcon")  # temperature 0.1
+  c.head.update(num_layers=2, hidden_dim=2048, output_dim=128)
   c.num_epochs = 700
   c.optimizer.update(name="lars", base_lr=0.3, lr_scaling="linear", weight_decay=1e-6)
   c.augment.on_device = True  # 224 px; use_cifar10 turns it off

@@ -44,16 +44,9 @@ VARIANTS = ("imagenet", "cifar10", "cpu")
 
 
 def get_config(variant: str = "imagenet") -> ml_collections.ConfigDict:
-  if variant not in VARIANTS:
-    raise ValueError(f"Unknown variant {variant!r}: use one of {', '.join(VARIANTS)}.")
-  c = config_lib.base_config()
-  c.method = "swav"
-  c.swav = ml_collections.ConfigDict(dict(
-      num_prototypes=3000, temperature=0.1, epsilon=0.05, sinkhorn_iterations=3,
-      freeze_prototypes_steps=313,
-      queue_size=0,             # 0: no queue; else embeddings per large crop
-      queue_start_epochs=15.0))
-  c.head = ml_collections.ConfigDict(dict(num_layers=2, hidden_dim=2048, output_dim=128))
+  config_lib.check_variant(variant, VARIANTS)
+  c = config_lib.base_config("swav")  # config.swav: methods/swav.py's defaults (ImageNet's)
+  c.head.update(num_layers=2, hidden_dim=2048, output_dim=128)
   c.batch_size = 4096
   c.num_epochs = 800
   c.optimizer.update(name="lars", base_lr=0.3, lr_scaling="linear", weight_decay=1e-6,

@@ -30,6 +30,8 @@ import tensorflow as tf
 from absl import logging
 from jax.experimental import multihost_utils
 
+from cvrl_jax import config as config_lib
+
 CONFIG_FILE = "config.json"
 UNREADABLE = "unreadable_checkpoints"  # where resume moves checkpoints that do not read
 LATEST = -1  # a step argument meaning "the newest checkpoint"
@@ -192,16 +194,18 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 
 def read_config(workdir: str, what: str = "pre-training") -> ml_collections.ConfigDict:
-  """``workdir/config.json`` as a ConfigDict, or an error naming what is wrong."""
+  """``workdir/config.json`` in today's keys (``config.upgrade``: runs written before a
+  key moved still read), or an error naming what is wrong."""
   path = os.path.join(workdir, CONFIG_FILE) if workdir else ""
   if not workdir or not tf.io.gfile.exists(path):
     raise RunNotFoundError(
         f"No {what} run at {workdir!r}: expected its workdir, holding {CONFIG_FILE} and "
         f"checkpoints/ (what `python -m cvrl_jax.main --workdir=DIR` writes). Point "
-        f"--config.pretrained at such a workdir.")
+        f"the command at such a workdir (--config.pretrained or --config.teacher for "
+        f"evaluations, --workdir for the tools).")
   try:
     with tf.io.gfile.GFile(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
+      return config_lib.upgrade(json.load(f))
   except (json.JSONDecodeError, ValueError, TypeError) as e:
     raise RunNotFoundError(f"{path} is not a readable config ({e}).") from e
 

@@ -1,16 +1,45 @@
-"""The configuration contract every method's config starts from.
+"""Every key a pre-training run reads, declared once with its type and default.
 
-Scripts and tests rely on these keys: ``dataset``, ``data_dir``, ``batch_size``
-(global), ``total_steps`` (when set, wins over ``num_epochs``), ``seed``,
-``log_every_steps``, ``eval_every_steps``, ``checkpoint_every_steps``.
+``base_config(method)`` is where each config in ``configs/`` starts: the shared
+keys below, and the method's own hyper-parameters under ``config.<method>``
+(``config.simclr.temperature``, ``config.moco_v3.momentum``, ...), which its class
+in ``cvrl_jax/methods/`` declares in ``Method.defaults``. Nothing in the library
+repeats a default: it reads ``config.key``, and an override of a key that does not
+exist is refused (``--config.batchsize=256``).
+
+``upgrade`` turns the config.json of a run written before a key moved into a
+current config, for evaluations and exports of old runs.
 """
 
+import copy
+from typing import Any, Mapping, Sequence
+
 import ml_collections
+from ml_collections import config_dict
+
+from cvrl_jax import methods
 
 
-def base_config() -> ml_collections.ConfigDict:
+def model_section() -> ml_collections.ConfigDict:
+  """``config.model``: the encoder (``models.make_encoder``), for pre-training and
+  for the networks evaluations record."""
+  return ml_collections.ConfigDict(dict(
+      name="resnet",  # or "vit" (configs/moco_v3.py:vit_small)
+      # ResNet: depth, width_multiplier, selective kernels (SimCLR v2), stem
+      # ("imagenet" or "cifar"), BatchNorm momentum.
+      depth=50, width_multiplier=1.0, sk_ratio=0.0, stem="imagenet", bn_momentum=0.9,
+      # ViT: width, heads and patch (with depth: models/vit.py VARIANTS), and MoCo
+      # v3's frozen random patch projection.
+      width=384, num_heads=12, patch_size=16, frozen_patch_embed=False,
+      dtype="auto",   # backbone compute: "auto" = bfloat16 on TPU, else float32
+      remat=False))   # recompute blocks in the backward pass (benchmarks/memory.py)
+
+
+def base_config(method: str) -> ml_collections.ConfigDict:
+  """The shared keys with their defaults, and ``method``'s own under its name."""
   c = ml_collections.ConfigDict()
-  c.method = "simclr"
+  c.task = "pretrain"          # what `python -m cvrl_jax.main` runs (evaluations: their name)
+  c.method = method
   c.dataset = "imagenet2012"
   c.data_dir = ""              # TFDS data dir; empty: $TFDS_DATA_DIR or the TFDS default
   c.train_split = "train"
@@ -20,6 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.shuffle_buffer = 50_000
   c.image_size = 224
   c.eval_crop_proportion = 0.875
+  c.num_views = 2              # augmented views of each image per batch
 
   c.batch_size = 4096          # global, over all devices of all processes
   c.num_epochs = 100.0         # may be fractional; total_steps, when set, wins
@@ -27,22 +57,36 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.num_devices = 0            # 0: every device; N: the first N (tests, benchmarks)
 
-  c.model = ml_collections.ConfigDict(dict(
-      name="resnet",  # or "vit" (configs/moco_v3.py:vit_small)
-      depth=50, width_multiplier=1.0, sk_ratio=0.0, stem="imagenet", bn_momentum=0.9,
-      dtype="auto",   # backbone compute: "auto" = bfloat16 on TPU, else float32
-      remat=False))   # recompute blocks in the backward pass (benchmarks/memory.py)
+  c.model = model_section()
+
+  # The projection head and (BYOL, SimSiam, MoCo v3, NNCLR) the predictor, which
+  # maps back to head.output_dim: num_layers Dense layers, BN after each (not after
+  # the last unless last_bn), ReLU between them (models/heads.py MLPHead).
+  c.head = ml_collections.ConfigDict(dict(
+      num_layers=2, hidden_dim=2048, output_dim=128, use_bn=True, last_bn=True))
+  c.predictor = ml_collections.ConfigDict(dict(
+      num_layers=2, hidden_dim=4096, use_bn=True, last_bn=False))
 
   c.augment = ml_collections.ConfigDict(dict(
-      crop_area=(0.08, 1.0), color_strength=1.0, grayscale_p=0.2,
-      blur_p=(0.5, 0.5), solarize_p=(0.0, 0.0),
+      crop_area=(0.08, 1.0),
+      # Colour jitter: SimCLR's strength s gives (0.8 s, 0.8 s, 0.8 s, 0.2 s) for
+      # (brightness, contrast, saturation, hue), unless color_jitter_strengths
+      # gives them (MoCo v2, BYOL); applied with probability color_p.
+      color_strength=1.0, color_jitter_strengths=config_dict.placeholder(tuple), color_p=0.8,
+      grayscale_p=0.2,
+      blur_p=(0.5, 0.5), solarize_p=(0.0, 0.0),  # one per view, or one for all
       # True: the host only crops and flips (uint8 views); colour, grayscale, blur
-      # and solarize run on the accelerator in the step (cvrl_jax/device_augment.py).
+      # and solarize run on the accelerator in the step (cvrl_jax/data/device_augment.py).
       on_device=False))
+  # Multi-crop (SwAV, DINO; use_multicrop): num_small extra crops of size px per image.
+  c.multicrop = ml_collections.ConfigDict(dict(
+      num_small=0, size=96, crop_area=(0.05, 0.14), blur_p=0.0, solarize_p=0.0))
 
   c.optimizer = ml_collections.ConfigDict(dict(
       name="lars", base_lr=0.3, lr_scaling="linear", weight_decay=1e-6,
-      momentum=0.9, warmup_epochs=10.0, schedule="cosine", trust_coefficient=0.001))
+      momentum=0.9, nesterov=False, warmup_epochs=10.0, schedule="cosine",
+      step_boundaries=(),  # schedule="step": fractions of training where lr drops 10x
+      trust_coefficient=0.001))
 
   c.knn = ml_collections.ConfigDict(dict(
       k=200, temperature=0.1, batch_size=1024, eval_at_start=True,
@@ -52,7 +96,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every_steps = 5000
   c.checkpoint_every_steps = 5000
   c.max_to_keep = 3
+
+  c.update(copy.deepcopy(methods.method_class(method).defaults))
   return c
+
+
+def check_variant(variant: str, variants: Sequence[str]) -> None:
+  """Refuses a ``--config=configs/X.py:VARIANT`` that ``X`` does not define."""
+  if variant not in variants:
+    *others, last = variants
+    choices = f"{', '.join(others)} or {last}" if others else last
+    raise ValueError(f"Unknown variant {variant!r}: use {choices}.")
 
 
 def view_setting(config: ml_collections.ConfigDict, name: str, view: int):
@@ -69,7 +123,7 @@ def view_setting(config: ml_collections.ConfigDict, name: str, view: int):
   if view >= len(value):
     raise ValueError(
         f"config.augment.{name}={tuple(value)} has {len(value)} entries for "
-        f"{config.get('num_views', 2)} views: give one value for all views, or one "
+        f"{config.num_views} views: give one value for all views, or one "
         f"per view, e.g. --config.augment.{name}='(0.5,0.5)'.")
   return value[view]
 
@@ -79,20 +133,12 @@ def use_cifar10(c: ml_collections.ConfigDict, depth: int = 18) -> ml_collections
 
   Augmentation back on the host: at 32 px tf.data keeps up with the accelerator.
   """
-  c.dataset = "cifar10"
+  c.update(dataset="cifar10", eval_split="test", cache=True, image_size=32,
+           eval_crop_proportion=1.0, batch_size=512, num_epochs=1000, log_every_steps=50,
+           eval_every_steps=5000, checkpoint_every_steps=2000)
   c.augment.on_device = False
-  c.eval_split = "test"
-  c.cache = True
-  c.image_size = 32
-  c.eval_crop_proportion = 1.0
-  c.batch_size = 512
-  c.num_epochs = 1000
-  c.model.depth = depth
-  c.model.stem = "cifar"
+  c.model.update(depth=depth, stem="cifar")
   c.knn.batch_size = 1024
-  c.log_every_steps = 50
-  c.eval_every_steps = 5000
-  c.checkpoint_every_steps = 2000
   return c
 
 
@@ -104,16 +150,10 @@ def use_cpu(c: ml_collections.ConfigDict, total_steps: int) -> ml_collections.Co
   2k test images keep the run near 10-15 minutes.
   """
   c.model.width_multiplier = 0.25
-  c.batch_size = 128
-  c.num_epochs = 0
-  c.total_steps = total_steps
+  c.update(batch_size=128, num_epochs=0, total_steps=total_steps, log_every_steps=25,
+           eval_every_steps=total_steps // 2, checkpoint_every_steps=total_steps // 2)
   c.optimizer.warmup_epochs = 0.2  # 10% of the steps, like SimCLR's 10 of 100 epochs
-  c.knn.num_train_examples = 10_000
-  c.knn.num_eval_examples = 2_000
-  c.knn.batch_size = 512
-  c.log_every_steps = 25
-  c.eval_every_steps = total_steps // 2
-  c.checkpoint_every_steps = total_steps // 2
+  c.knn.update(num_train_examples=10_000, num_eval_examples=2_000, batch_size=512)
   return c
 
 
@@ -122,7 +162,51 @@ def use_multicrop(c: ml_collections.ConfigDict, num_small: int, size: int,
                   solarize_p: float = 0.0) -> ml_collections.ConfigDict:
   """Multi-crop (SwAV, DINO): ``num_small`` extra crops of ``size`` px covering
   ``crop_area`` of the image, in each batch as ``"small_views"`` beside the views."""
-  c.multicrop = ml_collections.ConfigDict(dict(
-      num_small=num_small, size=size, crop_area=crop_area, blur_p=blur_p,
-      solarize_p=solarize_p))
+  c.multicrop.update(num_small=num_small, size=size, crop_area=crop_area, blur_p=blur_p,
+                     solarize_p=solarize_p)
   return c
+
+
+# Keys that moved, by method: (old dotted path, new dotted path).
+_MOVED = {
+    "simclr": [("temperature", "simclr.temperature"),
+               ("representation_layer", "simclr.representation_layer")],
+    "supcon": [("temperature", "supcon.temperature")],
+    "moco_v3": [("moco", "moco_v3")],
+}
+
+
+def _merged(defaults: dict, values: Mapping[str, Any]) -> dict:
+  """``defaults`` with ``values`` put in, section by section."""
+  out = dict(defaults)
+  for key, value in values.items():
+    if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+      out[key] = _merged(out[key], value)
+    else:
+      out[key] = value
+  return out
+
+
+def upgrade(saved: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """A run's config.json (as a dict) in today's keys.
+
+  Pre-training configs written before the keys moved (no ``task``, SimCLR's and
+  SupCon's top-level ``temperature``, MoCo v3's ``moco`` section, keys not yet
+  declared) come back with the moved keys in their place and every missing key at
+  today's default of that method; a current config comes back as it is. An
+  evaluation's config (``task`` other than "pretrain") comes back as it is, but
+  for the encoder it records (``network.model``), completed likewise.
+  """
+  d = copy.deepcopy(dict(saved))
+  if d.get("task", "pretrain") != "pretrain":
+    if "network" in d:  # the encoder it trained, with keys declared since
+      d["network"]["model"] = _merged(model_section().to_dict(), d["network"]["model"])
+    return ml_collections.ConfigDict(d)
+  for old, new in _MOVED.get(d["method"], []):
+    if old in d:
+      *parents, leaf = new.split(".")
+      section = d
+      for name in parents:
+        section = section.setdefault(name, {})
+      section[leaf] = d.pop(old)
+  return ml_collections.ConfigDict(_merged(base_config(d["method"]).to_dict(), d))

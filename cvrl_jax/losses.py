@@ -1,12 +1,21 @@
-"""Contrastive losses, written once for one device and for a device mesh.
+"""The methods' objectives, written once for one device and for a device mesh.
 
 Every loss takes the *local* shard of the batch. With ``axis_name=None`` it is the
-plain single-device loss. With ``axis_name`` set (inside ``jax.shard_map`` or
-``jax.pmap``) the negatives come from the whole global batch through
-``lax.all_gather`` and the value returned is the mean over the device's own anchors,
-so that ``lax.pmean`` of it over the axis equals the single-device loss of the
-concatenated global batch. That equality is what makes a run on 8 devices give the
-same losses as a run on 1 (``tests/test_losses.py``).
+plain single-device loss. With ``axis_name`` set (inside ``jax.shard_map``) the
+quantities of the whole global batch come through the collectives of
+``parallel.py``: negatives gathered with ``parallel.gather``, statistics and
+Sinkhorn's sums with ``pmean`` / ``psum``. A loss returns the mean over the
+device's own anchors, so that ``pmean`` of it over the axis equals the
+single-device loss of the concatenated global batch (the losses that are global
+already, Barlow Twins', return that value on every device). That equality is what
+makes a run on 8 devices give the same losses as a run on 1
+(``tests/test_losses.py`` and each method's tests).
+
+Contrastive: ``nt_xent`` (SimCLR), ``supcon_loss`` (SupCon), ``moco_infonce``
+(MoCo v1 / v2), ``moco_v3_ctr`` (MoCo v3), ``nnclr_loss`` (NNCLR). Regression onto
+a stop-gradient target: ``byol_loss``, ``simsiam_loss``. Redundancy reduction:
+``barlow_twins_loss``. Cross-entropy against other crops' targets:
+``swapped_prediction`` with ``sinkhorn``'s codes (SwAV), ``dino_loss`` (DINO).
 """
 
 from typing import Optional
@@ -14,6 +23,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from cvrl_jax import parallel
 
 # Logit given to an anchor's similarity with itself: large enough to vanish under
 # softmax, finite so that 0 * mask stays 0 (an -inf would give NaN gradients).
@@ -26,18 +37,9 @@ def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
   return x * lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps))
 
 
-def _gather(x: jax.Array, axis_name: Optional[str]) -> jax.Array:
-  """The global batch (devices in axis order) or ``x`` itself on one device."""
-  if axis_name is None:
-    return x
-  return lax.all_gather(x, axis_name, tiled=True)
-
-
-def _global_row_offset(n: int, axis_name: Optional[str]) -> jax.Array:
-  """Index of this device's first row inside the gathered global batch."""
-  if axis_name is None:
-    return jnp.zeros((), jnp.int32)
-  return lax.axis_index(axis_name) * n
+def cosine(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Row-wise cosine similarity of ``a`` and ``b``, (n,)."""
+  return jnp.sum(l2_normalize(a) * l2_normalize(b), axis=-1)
 
 
 def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -46,6 +48,19 @@ def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   logz = jax.nn.logsumexp(logits, axis=-1)
   picked = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
   return jnp.mean(logz - picked)
+
+
+def _contrast(anchors: jax.Array, positives: jax.Array, temperature: float,
+              axis_name: Optional[str]) -> jax.Array:
+  """Cross-entropy of ``a_i . b_j / tau`` over the ``b_j`` of the global batch
+  (gathered, differentiated through the gather), the positive being ``b_i``;
+  rows L2-normalised; the mean over the local anchors."""
+  a, b = l2_normalize(anchors), l2_normalize(positives)
+  labels = parallel.first_row(a.shape[0], axis_name) + jnp.arange(a.shape[0])
+  return _cross_entropy(a @ parallel.gather(b, axis_name).T / temperature, labels)
+
+
+# ---------------------------------------------------------------- contrastive
 
 
 def nt_xent(z1: jax.Array, z2: jax.Array, *, temperature: float,
@@ -66,8 +81,8 @@ def nt_xent(z1: jax.Array, z2: jax.Array, *, temperature: float,
   """
   z1, z2 = l2_normalize(z1), l2_normalize(z2)
   n = z1.shape[0]
-  z1_all, z2_all = _gather(z1, axis_name), _gather(z2, axis_name)
-  labels = _global_row_offset(n, axis_name) + jnp.arange(n)
+  z1_all, z2_all = parallel.gather(z1, axis_name), parallel.gather(z2, axis_name)
+  labels = parallel.first_row(n, axis_name) + jnp.arange(n)
   self_mask = jax.nn.one_hot(labels, z1_all.shape[0]) * _LARGE_NUM
 
   def anchor_loss(anchor, same_view_all, other_view_all):
@@ -79,6 +94,35 @@ def nt_xent(z1: jax.Array, z2: jax.Array, *, temperature: float,
     return _cross_entropy(logits, labels)
 
   return 0.5 * (anchor_loss(z1, z1_all, z2_all) + anchor_loss(z2, z2_all, z1_all))
+
+
+def supcon_loss(z1: jax.Array, z2: jax.Array, labels: jax.Array, *, temperature: float,
+                axis_name: Optional[str] = None) -> jax.Array:
+  """SupCon's L_out: every other view of the anchor's class in the global batch is
+  a positive, ``-1/|P(i)| sum_{p in P(i)} log softmax_p(z_i . z_a / tau, a != i)``,
+  averaged over this device's 2n anchors. With distinct labels it is NT-Xent.
+
+  Args:
+    z1, z2: projections of the two views of the local n images, (n, d);
+      normalised here.
+    labels: the images' classes, (n,).
+    temperature: tau (0.1 in the paper).
+    axis_name: mesh axis over which the global batch is sharded, or None.
+  """
+  z1, z2 = l2_normalize(z1), l2_normalize(z2)
+  n = z1.shape[0]
+  offset, total = parallel.first_row(n, axis_name), n * parallel.axis_size(axis_name)
+  # Candidates in the order [view 1 of the global batch, view 2 of the global batch].
+  candidates = jnp.concatenate([parallel.gather(z1, axis_name), parallel.gather(z2, axis_name)])
+  labels_all = jnp.tile(parallel.gather(labels, axis_name), 2)
+  anchors = jnp.concatenate([z1, z2])
+  self_index = jnp.concatenate([offset + jnp.arange(n), total + offset + jnp.arange(n)])
+  is_self = jax.nn.one_hot(self_index, 2 * total)
+  logits = anchors @ candidates.T / temperature - is_self * _LARGE_NUM
+  log_prob = jax.nn.log_softmax(logits, axis=-1)
+  positive = (jnp.tile(labels, 2)[:, None] == labels_all[None, :]) * (1.0 - is_self)
+  per_anchor = -jnp.sum(positive * log_prob, axis=-1) / jnp.sum(positive, axis=-1)
+  return jnp.mean(per_anchor)
 
 
 def moco_infonce(q: jax.Array, k: jax.Array, queue: jax.Array, *,
@@ -121,7 +165,145 @@ def moco_v3_ctr(q: jax.Array, k: jax.Array, *, temperature: float,
     batch. The factor 2 tau is MoCo v3's, making the gradient scale roughly
     independent of tau. Rows are L2-normalised here.
   """
-  q, k = l2_normalize(q), l2_normalize(k)
-  k_all = _gather(k, axis_name)
-  labels = _global_row_offset(q.shape[0], axis_name) + jnp.arange(q.shape[0])
-  return 2.0 * temperature * _cross_entropy(q @ k_all.T / temperature, labels)
+  return 2.0 * temperature * _contrast(q, k, temperature, axis_name)
+
+
+def nnclr_loss(nn: jax.Array, p: jax.Array, *, temperature: float,
+               axis_name: Optional[str] = None) -> jax.Array:
+  """NNCLR's ``L(nn, p)``: cross-entropy of ``nn_i . p_j / tau`` over the
+  predictions ``p_j`` of the global batch, the positive being ``p_i``; the mean
+  over the local rows.
+
+  Args:
+    nn: the nearest neighbours of one view's projections, (n, d).
+    p: the other view's predictions of the same n images, (n, d); gathered over
+      ``axis_name`` (and differentiated through the gather).
+  """
+  return _contrast(nn, p, temperature, axis_name)
+
+
+# ----------------------------------------------------- regression onto a target
+
+
+def byol_loss(p1: jax.Array, p2: jax.Array, z1: jax.Array, z2: jax.Array) -> jax.Array:
+  """BYOL's symmetric ``l(p1, z2) + l(p2, z1)``, in [0, 8], where
+  ``l(p, z) = mean_i || p_i/|p_i| - z_i/|z_i| ||^2 = mean_i (2 - 2 cos(p_i, z_i))``;
+  the targets ``z`` are not differentiated."""
+  normalized_mse = lambda p, z: jnp.mean(2.0 - 2.0 * cosine(p, lax.stop_gradient(z)))
+  return normalized_mse(p1, z2) + normalized_mse(p2, z1)
+
+
+def simsiam_loss(p1: jax.Array, p2: jax.Array, z1: jax.Array, z2: jax.Array) -> jax.Array:
+  """SimSiam's symmetric ``D(p1, z2) / 2 + D(p2, z1) / 2``, in [-1, 1], where
+  ``D(p, z) = -mean_i cos(p_i, z_i)``; the projections ``z`` are not differentiated."""
+  negative_cosine = lambda p, z: -jnp.mean(cosine(p, lax.stop_gradient(z)))
+  return 0.5 * (negative_cosine(p1, z2) + negative_cosine(p2, z1))
+
+
+# ------------------------------------------------------- redundancy reduction
+
+
+def global_moments(z: jax.Array, axis_name: Optional[str]) -> tuple[jax.Array, jax.Array]:
+  """Per-dimension mean and (biased) variance of ``z`` over the global batch."""
+  z = z.astype(jnp.float32)
+  mean = parallel.pmean(jnp.mean(z, axis=0), axis_name)
+  return mean, parallel.pmean(jnp.mean(jnp.square(z - mean), axis=0), axis_name)
+
+
+def cross_correlation(z1: jax.Array, z2: jax.Array, axis_name: Optional[str],
+                      eps: float = 1e-5) -> jax.Array:
+  """Barlow Twins' ``C`` (d x d) over the global batch of the projections, each
+  dimension standardised over the global batch (a BatchNorm without scale and
+  offset, as the paper applies before ``C``)."""
+
+  def standardize(z):
+    mean, var = global_moments(z, axis_name)
+    return (z.astype(jnp.float32) - mean) * lax.rsqrt(var + eps)
+
+  n = z1.shape[0] * parallel.axis_size(axis_name)
+  return parallel.psum(standardize(z1).T @ standardize(z2), axis_name) / n
+
+
+def barlow_twins_loss(z1: jax.Array, z2: jax.Array, *, lambd: float,
+                      axis_name: Optional[str] = None) -> jax.Array:
+  """``sum_i (1 - C_ii)^2 + lambd sum_{i != j} C_ij^2``; the same value on every
+  device, the loss of the global batch."""
+  c = cross_correlation(z1, z2, axis_name)
+  diag = jnp.diagonal(c)
+  on_diag = jnp.sum(jnp.square(1.0 - diag))
+  off_diag = jnp.sum(jnp.square(c)) - jnp.sum(jnp.square(diag))
+  return on_diag + lambd * off_diag
+
+
+# -------------------------------------------- cross-entropy against other crops
+
+
+def _other_crops_entropy(targets: list[jax.Array], logits: list[jax.Array],
+                         temperature: float) -> jax.Array:
+  """Mean over the pairs (i, v != i) of ``-sum_k t_ik log softmax(l_v / tau)_k``,
+  averaged over the n local samples: ``targets[i]`` (n, K) belong to crops 0..,
+  the first of ``logits``' crops."""
+  log_p = [jax.nn.log_softmax(s.astype(jnp.float32) / temperature) for s in logits]
+  pairs = [jnp.mean(jnp.sum(-t * lp, axis=-1))
+           for i, t in enumerate(targets) for v, lp in enumerate(log_p) if v != i]
+  return sum(pairs) / len(pairs)
+
+
+def sinkhorn(scores: jax.Array, *, epsilon: float, num_iters: int,
+             axis_name: Optional[str] = None,
+             weights: Optional[jax.Array] = None) -> jax.Array:
+  """SwAV's equal-partition soft codes of the samples of the global batch
+  (Sinkhorn-Knopp).
+
+  Args:
+    scores: this device's samples' prototype scores, (n, K).
+    epsilon: entropy weight; ``Q = exp(scores / epsilon)`` before balancing.
+    num_iters: alternations of "every prototype holds 1/K of the mass" and
+      "every sample holds 1/B" (B: samples of the global batch).
+    axis_name: mesh axis of the batch; the sums over samples run across it.
+    weights: 1 for samples to partition, 0 for rows to leave out (an unfilled
+      queue), (n,); default all ones.
+
+  Returns:
+    The codes, (n, K): each counted sample's row sums to 1, and summed over the
+    global batch each prototype receives B / K; no gradient.
+  """
+  scores = lax.stop_gradient(scores.astype(jnp.float32))
+  if weights is None:
+    weights = jnp.ones(scores.shape[0], jnp.float32)
+  # Shifting by the global max changes nothing after normalising; it keeps exp finite.
+  top = jnp.max(scores) if axis_name is None else lax.pmax(jnp.max(scores), axis_name)
+  q = jnp.exp((scores - top) / epsilon) * weights[:, None]
+  num_samples, num_prototypes = parallel.psum(jnp.sum(weights), axis_name), scores.shape[1]
+  q = q / parallel.psum(jnp.sum(q), axis_name)
+  for _ in range(num_iters):
+    q = q / (parallel.psum(jnp.sum(q, axis=0), axis_name) * num_prototypes)
+    per_sample = jnp.sum(q, axis=1, keepdims=True)
+    q = q / (jnp.where(per_sample > 0, per_sample, 1.0) * num_samples)
+  return q * num_samples
+
+
+def swapped_prediction(codes: list[jax.Array], scores: list[jax.Array], *,
+                       temperature: float) -> jax.Array:
+  """SwAV's loss: every crop predicts the codes of every *other* assigned crop.
+
+  ``codes[i]`` (n, K) are crop i's codes (crops 0.. len(codes)-1 are the large
+  ones); ``scores[v]`` (n, K) crop v's prototype scores. The mean over the
+  (i, v != i) pairs of the cross-entropy ``-sum_k q_k log softmax(scores /
+  temperature)_k``, averaged over the n local samples (``pmean`` over the mesh
+  gives the global batch's).
+  """
+  return _other_crops_entropy(codes, scores, temperature)
+
+
+def dino_loss(student: list[jax.Array], teacher_probs: list[jax.Array], *,
+              student_temp: float) -> jax.Array:
+  """DINO's cross-entropy of every student crop against every teacher crop but its own.
+
+  ``teacher_probs[i]`` (n, K): the centred, sharpened teacher distribution of
+  large crop i; ``student[v]`` (n, K): student logits of crop v (crops
+  0..len(teacher_probs)-1 are the same large crops). Mean over the (i, v != i)
+  pairs of ``-sum_k p_k log softmax(s / student_temp)_k``, averaged over the n
+  local samples (``pmean`` over the mesh gives the global batch's).
+  """
+  return _other_crops_entropy(teacher_probs, student, student_temp)

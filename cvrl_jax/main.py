@@ -73,7 +73,7 @@ def main(argv):
   parallel.initialize_distributed()  # pod slices / JAX_COORDINATOR_ADDRESS; else a no-op
   logging.info("JAX process %d / %d, devices: %s", jax.process_index(),
                jax.process_count(), jax.devices())
-  task = FLAGS.config.get("task", "pretrain")
+  task = FLAGS.config.task
   if task not in TASKS:
     raise app.UsageError(f"config.task={task!r}: use one of {sorted(TASKS)}.")
   importlib.import_module(TASKS[task]).train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -84,21 +84,21 @@ def create_optimizer(config: ml_collections.ConfigDict, batch_size: int,
   peak = scaled_learning_rate(opt.base_lr, batch_size, opt.lr_scaling)
   schedule = learning_rate_schedule(
       peak, total_steps, int(opt.warmup_epochs * steps_per_epoch),
-      opt.schedule, tuple(opt.get("step_boundaries", ())))
+      opt.schedule, tuple(opt.step_boundaries))
   if opt.name == "lars":
     tx = optax.lars(schedule, weight_decay=opt.weight_decay,
                     weight_decay_mask=decay_mask, trust_ratio_mask=decay_mask,
-                    trust_coefficient=opt.get("trust_coefficient", 0.001),
+                    trust_coefficient=opt.trust_coefficient,
                     momentum=opt.momentum)
   elif opt.name == "sgd":
     tx = optax.chain(
         optax.add_decayed_weights(opt.weight_decay),
-        optax.sgd(schedule, momentum=opt.momentum, nesterov=opt.get("nesterov", False)))
+        optax.sgd(schedule, momentum=opt.momentum, nesterov=opt.nesterov))
   elif opt.name == "adamw":
     tx = optax.adamw(schedule, weight_decay=opt.weight_decay, mask=decay_mask)
   else:
     raise ValueError(f"optimizer.name={opt.name!r}: use 'lars', 'sgd' or 'adamw'.")
-  if config.model.get("frozen_patch_embed", False):
+  if config.model.frozen_patch_embed:
     # MoCo v3's random patch projection: its gradient is already zero
     # (models/vit.py); this also keeps weight decay from shrinking it.
     tx = optax.chain(tx, optax.masked(optax.set_to_zero(), under_module(vit.PATCH_EMBED)))

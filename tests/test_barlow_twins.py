@@ -8,9 +8,8 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import barlow_twins as bt_config
-from cvrl_jax import parallel
-from cvrl_jax.methods import barlow_twins as bt
-from test_simsiam import build, one_and_eight_devices
+from cvrl_jax import losses, parallel
+from helpers import preset_shapes, same_on_one_and_eight_devices, tiny_vit_config, train_steps
 
 
 def _reference(z1, z2, lambd):
@@ -34,18 +33,18 @@ def test_hand_worked_loss():
   eps = 1 / (1 + 1e-5)  # C's entries carry the variance's eps: 1 / (1 + eps)
   c_on, c_off = eps, eps
   expected = 2 * (1 - c_on) ** 2 + 0.1 * 2 * c_off ** 2
-  assert float(bt.barlow_twins_loss(z1, z1, lambd=0.1)) == pytest.approx(expected, rel=1e-5)
+  assert float(losses.barlow_twins_loss(z1, z1, lambd=0.1)) == pytest.approx(expected, rel=1e-5)
   # z2 columns (1,3) and (0,2) both standardise to (-1,1): C = [[1,1],[-1,-1]]:
   # on-diagonal (1-1)^2 + (1+1)^2 = 4, off-diagonal 1 + 1 = 2 (up to eps).
   z2 = jnp.array([[1.0, 0.0], [3.0, 2.0]])
-  got = float(bt.barlow_twins_loss(z1, z2, lambd=0.1))
+  got = float(losses.barlow_twins_loss(z1, z2, lambd=0.1))
   assert got == pytest.approx(4 + 0.1 * 2, rel=1e-4)
 
 
 def test_matches_loop_reference():
   rng = np.random.default_rng(0)
   z1, z2 = rng.normal(size=(6, 4)), rng.normal(size=(6, 4))
-  got = float(bt.barlow_twins_loss(jnp.asarray(z1), jnp.asarray(z2), lambd=0.0051))
+  got = float(losses.barlow_twins_loss(jnp.asarray(z1), jnp.asarray(z2), lambd=0.0051))
   assert got == pytest.approx(_reference(z1, z2, 0.0051), rel=1e-5)
 
 
@@ -56,10 +55,10 @@ def test_global_batch_over_8_devices_equals_single_device():
   rng = np.random.default_rng(1)
   z1, z2 = (jnp.asarray(rng.normal(size=(32, 6)), jnp.float32) for _ in range(2))
   sharded = jax.jit(jax.shard_map(
-      lambda a, b: bt.barlow_twins_loss(a, b, lambd=0.02, axis_name=parallel.DATA),
+      lambda a, b: losses.barlow_twins_loss(a, b, lambd=0.02, axis_name=parallel.DATA),
       mesh=mesh, in_specs=(P("data"), P("data")), out_specs=P()))
   put = lambda x: jax.device_put(x, NamedSharding(mesh, P("data")))
-  single = lambda a, b: bt.barlow_twins_loss(a, b, lambd=0.02)
+  single = lambda a, b: losses.barlow_twins_loss(a, b, lambd=0.02)
   np.testing.assert_allclose(sharded(put(z1), put(z2)), single(z1, z2), rtol=1e-5)
   g8 = jax.jit(jax.grad(sharded, argnums=(0, 1)))(put(z1), put(z2))
   g1 = jax.grad(single, argnums=(0, 1))(z1, z2)
@@ -71,13 +70,12 @@ def test_one_and_eight_devices_give_the_same_steps():
   # A small rate: the tiny run's gradients are large (norm ~50) and at the common
   # rate the first update makes the next steps amplify rounding differences of
   # the two meshes' reductions (0.15% in the loss at step 1).
-  one_and_eight_devices(bt_config, base_lr=0.05)
+  config = tiny_vit_config(bt_config, base_lr=0.05)
+  same_on_one_and_eight_devices(lambda n: train_steps(config, n))
 
 
 def test_every_preset_builds():
-  for variant in bt_config.VARIANTS:
-    c = bt_config.get_config(variant)
-    params = build(c)
+  for c, params, _ in preset_shapes(bt_config):
     # A linear output layer: BN and ReLU on the hidden layers only.
     assert set(params["head"]) == {"dense_0", "bn_0", "dense_1", "bn_1", "dense_2"}
     assert params["head"]["dense_2"]["kernel"].shape[-1] == c.head.output_dim

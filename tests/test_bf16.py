@@ -8,7 +8,7 @@ import pytest
 from cvrl_jax import train
 from cvrl_jax import models
 from cvrl_jax.models import ResNet, ViT
-from helpers import losses_by_step, restore_params, tiny_config
+from helpers import losses_by_step, restore, tiny_config
 
 
 def test_auto_is_float32_off_tpu_and_bad_names_are_refused():
@@ -51,7 +51,7 @@ def test_bf16_and_f32_runs_agree_for_a_few_steps(tmp_path):
   for step in f32:
     assert bf16[step] == pytest.approx(f32[step], rel=1e-2), step
   assert f32 != bf16  # bf16 really ran: not bit-identical
-  params = restore_params(tmp_path / "bfloat16", 4)
+  params = restore(tmp_path / "bfloat16", 4)["params"]
   assert {x.dtype for x in jax.tree.leaves(params)} == {np.dtype(np.float32)}
 
 

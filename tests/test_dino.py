@@ -10,12 +10,10 @@ import pytest
 
 from configs import dino as dino_config
 from conftest import SHARED_TFDS
-from cvrl_jax import config as config_lib
-from cvrl_jax.methods import dino, moco
-from test_moco import assert_trees_close
-from test_swav import _steps, on_mesh, preset_shapes
-from test_swav import same_runs_on_one_and_eight_devices as same_runs
-from test_train import read_metrics
+from cvrl_jax import config as config_lib, losses
+from cvrl_jax.methods import base, dino
+from helpers import (assert_trees_close, loop_run, on_mesh, plain_sgd, preset_shapes,
+                     read_metrics, same_on_one_and_eight_devices, train_steps)
 
 
 def tiny_config(**overrides):
@@ -47,10 +45,10 @@ def test_dino_loss_by_hand():
   student = [jnp.zeros((1, 2)), jnp.array([[math.log(3.0), 0.0]]), jnp.zeros((1, 2))]
   # Pairs (teacher i, student v != i): (0,1) -log 3/4, (0,2) log 2, (1,0) log 2,
   # (1,2) log 2 -- and (1,1) against softmax [3/4, 1/4] is skipped.
-  loss = dino.dino_loss(student, teacher, student_temp=1.0)
+  loss = losses.dino_loss(student, teacher, student_temp=1.0)
   assert float(loss) == pytest.approx((math.log(4 / 3) + 3 * math.log(2)) / 4, rel=1e-6)
   # Student temperature 0.5 squares the odds of crop 1: softmax [9/10, 1/10].
-  loss = dino.dino_loss(student, teacher, student_temp=0.5)
+  loss = losses.dino_loss(student, teacher, student_temp=0.5)
   assert float(loss) == pytest.approx((math.log(10 / 9) + 3 * math.log(2)) / 4, rel=1e-6)
 
 
@@ -100,16 +98,16 @@ def test_last_layer_is_weight_normalised():
 
 
 def test_last_layer_frozen_first_and_teacher_follows():
-  c = tiny_config()
-  s0, s1, s2 = _steps(c, 2)
+  c = plain_sgd(tiny_config())
+  (s0, s1, s2), _ = train_steps(c, 2, steps=2)
   last = [s.params["head"][dino.LAST_LAYER] for s in (s0, s1, s2)]
   # Step 0: zero gradient; decoupled weight decay only rescales the columns.
   np.testing.assert_allclose(last[1] / np.linalg.norm(last[1], axis=0),
                              last[0] / np.linalg.norm(last[0], axis=0), rtol=1e-5, atol=1e-6)
   assert np.abs(last[2] - last[1]).max() > 1e-4
   # The teacher is the EMA of the student, with step 1's momentum after step 0.
-  m = float(moco.cosine_momentum(1, c.total_steps, c.dino.momentum))
-  expected = moco.momentum_update(s0.extra["teacher_params"], s1.params, m)
+  m = float(base.cosine_momentum(1, c.total_steps, c.dino.momentum))
+  expected = base.momentum_update(s0.extra["teacher_params"], s1.params, m)
   assert_trees_close(s1.extra["teacher_params"], expected, rtol=1e-5, atol=1e-6)
   assert np.abs(s1.extra["center"]).max() > 0
 
@@ -117,8 +115,10 @@ def test_last_layer_frozen_first_and_teacher_follows():
 def test_one_and_eight_devices_give_the_same_losses(tmp_path):
   """Global BN (student, teacher, head) and a centre over the mesh: the same
   losses, parameters, teacher and centre on 1 and 8 devices."""
-  workdir, _ = same_runs(tmp_path, tiny_config)
-  temps = [r["teacher_temp"] for r in read_metrics(workdir) if "teacher_temp" in r]
+  run = lambda n: loop_run(tiny_config(num_devices=n), tmp_path / f"devices_{n}")
+  same_on_one_and_eight_devices(run, atol=1e-4)
+  temps = [r["teacher_temp"] for r in read_metrics(tmp_path / "devices_8")
+           if "teacher_temp" in r]
   assert temps == pytest.approx([0.04, 0.05, 0.06, 0.07])
 
 
@@ -127,7 +127,7 @@ def test_dino_with_a_vit_trains_on_multi_crop():
   c.model.update(name="vit", width=32, depth=1, num_heads=2, patch_size=4)
   c.dino.use_bn_in_head = False
   c.optimizer.update(name="adamw", base_lr=1e-3, weight_decay=0.04, warmup_epochs=0.0)
-  s0, _, s2 = _steps(c, 2)
+  (s0, _, s2), _ = train_steps(c, 2, steps=2)
   assert not s0.batch_stats and not s0.extra["teacher_batch_stats"]
   block = lambda s: s.params["encoder"]["block1"]["mlp_1"]["kernel"]
   assert np.abs(block(s2) - block(s0)).max() > 1e-5
@@ -138,5 +138,5 @@ def test_every_preset_builds():
   for c, params, extra in preset_shapes(dino_config):
     assert params["head"][dino.LAST_LAYER].shape == (c.dino.bottleneck_dim, c.dino.out_dim)
     assert jax.tree.structure(extra["teacher_params"]) == jax.tree.structure(
-        {k: params[k] for k in dino.TEACHER_MODULES})
+        {k: params[k] for k in ("encoder", "head")})
     assert extra["center"].shape == (c.dino.out_dim,)

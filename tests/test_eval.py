@@ -10,7 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import tensorflow as tf
-from helpers import read_metrics, restore_params, tiny_config
+from helpers import read_metrics, restore, run_main, tiny_config
 
 from configs import distill as distill_config
 from configs import finetune as finetune_config
@@ -30,10 +30,6 @@ def pretrain_dir(tmp_path_factory):
   config = tiny_config(total_steps=2, checkpoint_every_steps=1)
   train.train_and_evaluate(config, workdir)
   return workdir
-
-
-def restore_state(workdir, step):
-  return ocp.CheckpointManager(os.path.join(workdir, "checkpoints")).restore(step)
 
 
 def tiny(config, pretrain_dir, **overrides):
@@ -107,7 +103,7 @@ def test_restores_the_encoder_of_the_chosen_step(pretrain_dir):
   mesh = parallel.make_mesh()
   latest = pretrained_lib.load_pretrained(pretrain_dir, -1, mesh)
   assert latest.step == 2 and set(latest.params) == {"encoder", "head"}
-  saved = restore_params(pretrain_dir, 2)
+  saved = restore(pretrain_dir, 2)["params"]
   for a, b in zip(jax.tree.leaves(latest.params["encoder"]),
                   jax.tree.leaves(saved["encoder"])):
     np.testing.assert_array_equal(a, b)
@@ -137,9 +133,15 @@ def test_missing_or_empty_pretrained_workdir_is_named(tmp_path, pretrain_dir):
 
 
 def test_head_layer_that_does_not_exist_is_refused(pretrain_dir):
-  config = checkpoint.read_config(pretrain_dir)
-  with pytest.raises(ValueError, match="representation_layer=3 needs a projection head"):
-    pretrained_lib.network_spec(config, 3, 10)
+  pre = pretrained_lib.load_pretrained(pretrain_dir, -1, parallel.make_mesh(1))
+  spec = pretrained_lib.network_spec(pre.config, 2, 10, pre.params["head"])
+  assert spec["head_dims"] == [32, 32] and spec["head_bn"]  # SimCLR v2's 3-layer head
+  with pytest.raises(ValueError, match="representation_layer=3 needs a projection head.*"
+                                       "MLP head of 3 layers"):
+    pretrained_lib.network_spec(pre.config, 3, 10, pre.params["head"])
+  swav_head = {"projector": {}, "prototypes": {}}
+  with pytest.raises(ValueError, match="projector, prototypes head, not an MLP"):
+    pretrained_lib.network_spec(pre.config, 1, 10, swav_head)
 
 
 # --- Losses and metrics ---------------------------------------------------------------
@@ -207,15 +209,15 @@ def test_linear_eval_trains_only_the_classifier(pretrain_dir, tmp_path):
   result = linear.train_and_evaluate(config, str(tmp_path))
   assert 0 <= result["eval_top1"] <= result["eval_top5"] <= 100
   assert result["eval_count"] == 64
-  state = restore_state(str(tmp_path), 3)
+  state = restore(str(tmp_path), 3)
   assert set(state["params"]) == {"classifier"}
   assert np.abs(state["params"]["classifier"]["kernel"]).sum() > 0  # it trained
-  pre = restore_params(pretrain_dir, 2)
+  pre = restore(pretrain_dir, 2)["params"]
   for a, b in zip(jax.tree.leaves(state["extra"]["params"]["encoder"]),
                   jax.tree.leaves(pre["encoder"])):
     np.testing.assert_array_equal(a, b)  # frozen: bit for bit the pre-trained encoder
   pre_stats = state["extra"]["batch_stats"]["encoder"]
-  saved_stats = restore_state(pretrain_dir, 2)["batch_stats"]["encoder"]
+  saved_stats = restore(pretrain_dir, 2)["batch_stats"]["encoder"]
   for a, b in zip(jax.tree.leaves(pre_stats), jax.tree.leaves(saved_stats)):
     np.testing.assert_array_equal(a, b)  # inference mode: BN statistics untouched
   rows = read_metrics(tmp_path)
@@ -241,10 +243,10 @@ def test_finetune_on_a_fraction_then_distill(pretrain_dir, tmp_path):
   result = finetune.train_and_evaluate(config, str(tmp_path / "ft"))
   assert 0 <= result["eval_top1"] <= result["eval_top5"] <= 100
   assert os.path.exists(tmp_path / "ft" / "labelled_examples.csv")
-  state = restore_state(str(tmp_path / "ft"), 3)
+  state = restore(str(tmp_path / "ft"), 3)
   assert set(state["params"]) == {"encoder", "head", "classifier"}
   assert set(state["params"]["head"]) == {"dense_0", "bn_0"}  # from the head's 1st layer
-  pre = restore_params(pretrain_dir, 2)
+  pre = restore(pretrain_dir, 2)["params"]
   changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(state["params"]["encoder"]),
                                                    jax.tree.leaves(pre["encoder"]))]
   assert any(changed)  # fine-tuned, not frozen
@@ -295,8 +297,8 @@ def test_knn_run_matches_the_monitor(pretrain_dir, tmp_path):
   pre_config = checkpoint.read_config(pretrain_dir)
   pre_config.data_dir = SHARED_TFDS
   pre_config.knn.update(num_train_examples=256, num_eval_examples=64, batch_size=64)
-  method_state = step_lib.TrainState(step=0, params=restore_params(pretrain_dir, 2), opt_state={},
-                                  batch_stats=restore_state(pretrain_dir, 2)["batch_stats"],
+  method_state = step_lib.TrainState(step=0, params=restore(pretrain_dir, 2)["params"], opt_state={},
+                                  batch_stats=restore(pretrain_dir, 2)["batch_stats"],
                                   extra={})
   from cvrl_jax import methods
   method = methods.get_method(pre_config, 10, 2)
@@ -318,7 +320,6 @@ def test_unknown_or_unprepared_dataset_is_named(pretrain_dir, tmp_path):
 
 
 def test_missing_pretrained_workdir_from_the_command_line(tmp_path):
-  from test_main import run_main
   r = run_main("--config=configs/linear_eval.py:cpu", f"--workdir={tmp_path / 'wd'}",
                f"--config.pretrained={tmp_path / 'missing'}")
   assert r.returncode != 0
@@ -367,7 +368,7 @@ def test_every_methods_checkpoint_feeds_the_evaluations(tmp_path, name):
   for a, b in zip(jax.tree.leaves(loaded.params["encoder"]),
                   jax.tree.leaves(state.params["encoder"])):
     np.testing.assert_array_equal(a, b)
-  spec = pretrained_lib.network_spec(loaded.config, 0, 10)
+  spec = pretrained_lib.network_spec(loaded.config, 0, 10, loaded.params["head"])
   net = pretrained_lib.build_classifier(spec, None)
   images = jnp.ones((2, 16, 16, 3))
   variables = pretrained_lib.backbone_variables(loaded, spec)

@@ -30,14 +30,26 @@ def _steps(workdir):
   return ocp.CheckpointManager(checkpoint.directory(str(workdir))).all_steps()
 
 
-@pytest.mark.parametrize("fault", ["truncated", "deleted", "empty"])
-def test_resume_skips_a_partial_latest_checkpoint(tmp_path, monkeypatch, caplog, fault):
-  config = tiny_config(num_devices=2, total_steps=6, checkpoint_every_steps=2)
-  train.train_and_evaluate(config, str(tmp_path / "straight"))
+RESUME_CONFIG = dict(num_devices=2, total_steps=6, checkpoint_every_steps=2)
 
+
+@pytest.fixture(scope="module")
+def straight_and_preempted(tmp_path_factory):
+  """An uninterrupted run's losses, and a run preempted after saving steps 2 and 4."""
+  config, root = tiny_config(**RESUME_CONFIG), tmp_path_factory.mktemp("resume")
+  train.train_and_evaluate(config, str(root / "straight"))
+  with pytest.MonkeyPatch.context() as monkeypatch:
+    preempted_run(config, str(root / "preempted"), monkeypatch, steps=4)
+  assert _steps(root / "preempted") == [2, 4]
+  return losses_by_step(root / "straight"), root / "preempted"
+
+
+@pytest.mark.parametrize("fault", ["truncated", "deleted", "empty"])
+def test_resume_skips_a_partial_latest_checkpoint(tmp_path, caplog, straight_and_preempted,
+                                                  fault):
+  straight, preempted = straight_and_preempted
   partial = tmp_path / "partial"
-  preempted_run(config, str(partial), monkeypatch, steps=4)  # saves step 4 and stops
-  assert _steps(partial) == [2, 4]
+  shutil.copytree(preempted, partial)
   step4 = partial / "checkpoints" / "4"
   if fault == "truncated":
     _truncate_arrays(step4)
@@ -47,14 +59,14 @@ def test_resume_skips_a_partial_latest_checkpoint(tmp_path, monkeypatch, caplog,
     shutil.rmtree(step4)
     step4.mkdir()
   caplog.set_level("WARNING")
-  train.train_and_evaluate(config, str(partial))
+  train.train_and_evaluate(tiny_config(**RESUME_CONFIG), str(partial))
 
   assert any("step 4" in r.getMessage() and "does not read" in r.getMessage()
              for r in caplog.records)
   kept = os.listdir(partial / checkpoint.UNREADABLE)
   assert len(kept) == 1 and kept[0].startswith("4-")  # moved aside, not deleted
   assert _steps(partial) == [2, 4, 6]  # steps 3-6 ran again from step 2
-  straight, resumed = losses_by_step(tmp_path / "straight"), losses_by_step(partial)
+  resumed = losses_by_step(partial)
   for step in (3, 4, 5, 6):
     assert resumed[step] == pytest.approx(straight[step], rel=1e-6), step
 
@@ -158,7 +170,7 @@ def test_a_full_disk_is_named_and_the_checkpoints_before_it_stay_readable(tmp_pa
     pytest.skip(f"cannot mount a tmpfs here: {proc.stderr[-300:]}")
   assert result.exists(), proc.stderr[-3000:]
   found = json.loads(result.read_text())
-  assert found["error"].startswith(f"Writing checkpoints (at step ")
+  assert found["error"].startswith("Writing checkpoints (at step ")
   assert "No space left on device" in found["error"]
   assert f"{mount}/run" in found["error"] and "rerun the same command" in found["error"]
   assert len(found["steps"]) >= 1 and found["readable"] == found["steps"]

@@ -1,18 +1,9 @@
 """The command line: config overrides, variants and refusals."""
 
 import os
-import subprocess
-import sys
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_main(*args):
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-  return subprocess.run([sys.executable, "-m", "cvrl_jax.main", *args], cwd=ROOT,
-                        env=env, capture_output=True, text=True, timeout=300)
+from helpers import run_main
 
 
 @pytest.mark.parametrize("override, message", [

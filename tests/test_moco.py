@@ -1,50 +1,19 @@
-"""MoCo: the queue, the momentum update, ShuffleBN over BN groups, and training runs
-(1 vs 8 devices, stop and resume) on real CIFAR-10 with tiny models."""
+"""MoCo v1 / v2 and v3: the queue, the momentum update, ShuffleBN over BN groups, and
+training runs (1 vs 8 devices, stop and resume) on real CIFAR-10 with tiny models."""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import moco_v1, moco_v2, moco_v3
-from conftest import SHARED_TFDS
-from cvrl_jax import methods, optim, parallel, train
-from cvrl_jax.methods import moco
-from test_train import losses_by_step, preempted_run, read_metrics
-
-
-def tiny_config(module, **overrides):
-  c = module.get_config("cpu")
-  c.update(data_dir=SHARED_TFDS, image_size=16, batch_size=16, num_train_examples=512,
-           total_steps=4, log_every_steps=1, eval_every_steps=1000,
-           checkpoint_every_steps=1000)
-  c.model.width_multiplier = 0.125
-  c.head.update(hidden_dim=32, output_dim=16)
-  if c.method == "moco":
-    c.moco.queue_size = 40  # not a multiple of the batch: wraps around mid-batch
-  else:
-    c.predictor.hidden_dim = 32
-    # The test's own rate and momentum, fixed so that tuning the cpu preset
-    # (LARS 4.0, momentum from 0.9) does not change what is checked here.
-    c.optimizer.base_lr = 1.0
-    c.moco.momentum = 0.99
-  c.knn.update(num_train_examples=256, num_eval_examples=64, batch_size=64,
-               eval_at_start=False)
-  for k, v in overrides.items():
-    c[k] = v
-  return c
-
-
-def restore(workdir, step):
-  return ocp.CheckpointManager(str(workdir / "checkpoints")).restore(step)
-
-
-def assert_trees_close(a, b, **tol):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    np.testing.assert_allclose(x, y, **tol)
+from cvrl_jax import parallel, train
+from cvrl_jax.methods import base, moco
+from helpers import (assert_trees_close, loop_run, losses_by_step, preempted_run, preset_shapes,
+                     read_metrics, restore, same_on_one_and_eight_devices, tiny_moco_config,
+                     train_steps)
 
 
 # --------------------------------------------------------------------- pieces
@@ -52,30 +21,30 @@ def assert_trees_close(a, b, **tol):
 
 def test_enqueue_is_fifo_and_wraps_around():
   queue, ptr = jnp.zeros((5, 1)), jnp.zeros((), jnp.int32)
-  queue, ptr = moco.enqueue(queue, ptr, jnp.array([[1.0], [2.0], [3.0]]))
+  queue, ptr = base.enqueue(queue, ptr, jnp.array([[1.0], [2.0], [3.0]]))
   assert queue[:, 0].tolist() == [1, 2, 3, 0, 0] and int(ptr) == 3
-  queue, ptr = moco.enqueue(queue, ptr, jnp.array([[4.0], [5.0], [6.0]]))
+  queue, ptr = base.enqueue(queue, ptr, jnp.array([[4.0], [5.0], [6.0]]))
   # 6 wraps to the front and replaces 1, the oldest key.
   assert queue[:, 0].tolist() == [6, 2, 3, 4, 5] and int(ptr) == 1
-  queue, ptr = moco.enqueue(queue, ptr, jnp.array([[7.0], [8.0], [9.0]]))
+  queue, ptr = base.enqueue(queue, ptr, jnp.array([[7.0], [8.0], [9.0]]))
   assert queue[:, 0].tolist() == [6, 7, 8, 9, 5] and int(ptr) == 4
   with pytest.raises(ValueError, match="does not fit"):
-    moco.enqueue(queue, ptr, jnp.zeros((6, 1)))
+    base.enqueue(queue, ptr, jnp.zeros((6, 1)))
 
 
 def test_momentum_update_moves_the_key_network_only():
   params = {"encoder": {"w": jnp.full(3, 1.0)}, "head": {"w": jnp.full(2, 2.0)},
             "probe": {"w": jnp.ones(4)}}
   key = {"encoder": {"w": jnp.zeros(3)}, "head": {"w": jnp.zeros(2)}}
-  new = moco.momentum_update(key, params, 0.9)
+  new = base.momentum_update(key, params, 0.9)
   assert set(new) == {"encoder", "head"}
-  np.testing.assert_allclose(new["encoder"]["w"], 0.1)
-  np.testing.assert_allclose(new["head"]["w"], 0.2)
-  np.testing.assert_allclose(moco.momentum_update(key, params, 1.0)["head"]["w"], 0.0)
+  np.testing.assert_allclose(new["encoder"]["w"], 0.1, rtol=1e-6)  # 1 - m in float32
+  np.testing.assert_allclose(new["head"]["w"], 0.2, rtol=1e-6)
+  np.testing.assert_allclose(base.momentum_update(key, params, 1.0)["head"]["w"], 0.0)
 
 
 def test_v3_momentum_rises_from_m0_to_one_on_a_half_cosine():
-  m = [float(moco.cosine_momentum(s, 100, 0.99)) for s in (0, 25, 50, 100, 120)]
+  m = [float(base.cosine_momentum(s, 100, 0.99)) for s in (0, 25, 50, 100, 120)]
   assert m == pytest.approx([0.99, 1 - 0.01 * (np.cos(np.pi / 4) + 1) / 2, 0.995, 1.0, 1.0])
 
 
@@ -99,9 +68,10 @@ def _bn_groups(batch, bn_groups, num_devices, rng):
   mesh = parallel.make_mesh(num_devices)
 
   def per_device(ids, rng):
-    groups = moco.groups_per_device(bn_groups, parallel.DATA)
-    queries, _ = moco.apply_in_groups(net, variables, ids, groups)
-    keys, stats = moco.shuffle_bn(net, variables, ids, rng, groups, parallel.DATA)
+    groups = base.groups_per_device(bn_groups, parallel.DATA, "moco.bn_groups")
+    queries, _ = base.apply_in_groups(net, variables, ids, groups)
+    keys, stats = moco.shuffle_bn(lambda x: base.apply_in_groups(net, variables, x, groups),
+                                  ids, rng, parallel.DATA)
     return queries, keys, stats
 
   fn = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(parallel.DATA), P()),
@@ -154,43 +124,33 @@ def test_bn_groups_must_split_over_the_devices():
 _RUNS = {}
 
 
-def run(tmp_path_factory, module, num_devices, **overrides):
-  """A tiny training run, cached for the session: tests share the 8-device runs."""
-  key = (module.__name__, num_devices, tuple(sorted(overrides.items())))
+def run(tmp_path_factory, module, num_devices):
+  """A tiny training run, cached for the session: tests share the 8-device runs.
+  (workdir, [last checkpoint], [losses of every step])."""
+  key = (module.__name__, num_devices)
   if key not in _RUNS:
     workdir = tmp_path_factory.mktemp(f"{module.__name__.split('.')[-1]}_{num_devices}")
-    summary = train.train_and_evaluate(tiny_config(module, num_devices=num_devices,
-                                                   **overrides), str(workdir))
-    _RUNS[key] = workdir, summary
+    _RUNS[key] = workdir, *loop_run(tiny_moco_config(module, num_devices=num_devices), workdir)
   return _RUNS[key]
 
 
 @pytest.mark.parametrize("module", [moco_v2, moco_v3], ids=["v2", "v3"])
 def test_one_and_eight_devices_give_the_same_losses(tmp_path_factory, module):
   """8 devices with 8 BN groups compute what 1 device with 8 groups does (v2),
-  and synchronised BN is global on any mesh (v3): same losses, same state."""
-  assert jax.device_count() == 8
-  one, _ = run(tmp_path_factory, module, 1)
-  eight, summary = run(tmp_path_factory, module, 8)
-  l1, l8 = losses_by_step(one), losses_by_step(eight)
-  assert sorted(l1) == [1, 2, 3, 4] and np.isfinite(list(l1.values())).all()
-  for step in l1:
-    assert l8[step] == pytest.approx(l1[step], rel=2e-4), step
-  s1, s8 = restore(one, 4), restore(eight, 4)
-  assert_trees_close(s1["params"], s8["params"], rtol=1e-3, atol=1e-4)
-  # The key network and (v2) the queue: the global batch's keys, in its order.
-  assert_trees_close(s1["extra"], s8["extra"], rtol=1e-3, atol=1e-4)
+  and synchronised BN is global on any mesh (v3): same losses, same state (the
+  key network and, v2, the queue: the global batch's keys, in its order)."""
+  same_on_one_and_eight_devices(lambda n: run(tmp_path_factory, module, n)[1:], atol=1e-4)
   if module is moco_v3:
+    eight = run(tmp_path_factory, module, 8)[0]
     m = [r["key_momentum"] for r in read_metrics(eight) if "key_momentum" in r]
-    assert m == pytest.approx([float(moco.cosine_momentum(s, 4, 0.99)) for s in range(4)])
-    assert summary["key_momentum"] < 1.0
+    assert m == pytest.approx([float(base.cosine_momentum(s, 4, 0.99)) for s in range(4)])
 
 
 def test_queue_after_training_holds_the_latest_keys(tmp_path_factory):
-  workdir, _ = run(tmp_path_factory, moco_v2, 8)
+  workdir = run(tmp_path_factory, moco_v2, 8)[0]
   extra = restore(workdir, 4)["extra"]
   init_rng, _ = jax.random.split(jax.random.PRNGKey(0))  # as train.py seeds init
-  _, _, at_start = moco.MoCo(tiny_config(moco_v2), 10, 4).init(init_rng,
+  _, _, at_start = moco.MoCo(tiny_moco_config(moco_v2), 10, 4).init(init_rng,
                                                               jnp.zeros((2, 16, 16, 3)))
   assert int(extra["queue_ptr"]) == 4 * 16 % 40
   np.testing.assert_allclose(np.linalg.norm(extra["queue"], axis=1), 1.0, rtol=1e-5)
@@ -203,8 +163,8 @@ def test_stopped_and_resumed_run_restores_queue_and_key_network(tmp_path_factory
   """Stop after step 2 (a checkpoint), resume: the same losses and final state as
   the uninterrupted run, so the queue, its pointer and the key network were
   saved and restored, not re-initialised."""
-  straight, _ = run(tmp_path_factory, moco_v2, 8)
-  config = tiny_config(moco_v2, num_devices=8)
+  straight = run(tmp_path_factory, moco_v2, 8)[0]
+  config = tiny_moco_config(moco_v2, num_devices=8)
   preempted_run(config, str(tmp_path), monkeypatch, steps=2)
   saved = restore(tmp_path, 2)["extra"]
   assert int(saved["queue_ptr"]) == 32 and set(saved) == {
@@ -221,44 +181,26 @@ def test_stopped_and_resumed_run_restores_queue_and_key_network(tmp_path_factory
 def test_v3_with_a_vit_trains_and_keeps_the_patch_projection_frozen():
   """A tiny ViT through MoCo v3's step on 2 devices: AdamW with weight decay
   leaves the frozen patch projection exactly at its initialisation."""
-  c = tiny_config(moco_v3, num_devices=2)
+  c = tiny_moco_config(moco_v3)
   c.model.update(name="vit", width=32, depth=1, num_heads=2, patch_size=4,
                  frozen_patch_embed=True)
   c.optimizer.update(name="adamw", base_lr=1e-3, weight_decay=0.1, warmup_epochs=0.0)
-  mesh = parallel.make_mesh(2)
-  method = methods.get_method(c, 10, 4)
-  tx, _ = optim.create_optimizer(c, 16, 4, 4)
-  state = train.create_train_state(method, tx, jax.random.PRNGKey(0), (8, 16, 16, 3), mesh)
-  first = jax.tree.map(np.asarray, state)
-  rng = np.random.default_rng(0)
-  batch = {"views": tuple(rng.uniform(size=(16, 16, 16, 3)).astype(np.float32)
-                          for _ in range(2)),
-           "label": rng.integers(0, 10, 16).astype(np.int32)}
-  step = train.make_train_step(method, tx, mesh)
-  for _ in range(2):
-    state, metrics = step(state, parallel.host_to_global(batch, mesh),
-                          jax.device_put(jax.random.PRNGKey(1), parallel.replicated(mesh)))
-  assert np.isfinite(float(metrics["loss"].compute()))
+  (first, _, last), history = train_steps(c, 2, steps=2)
+  assert np.isfinite(history[-1]["loss"])
   embed = lambda s: s.params["encoder"]["patch_embed"]
-  assert_trees_close(embed(first), embed(state), rtol=0, atol=0)
+  assert_trees_close(embed(first), embed(last), rtol=0, atol=0)
   assert_trees_close(first.extra["key_params"]["encoder"]["patch_embed"],
-                     state.extra["key_params"]["encoder"]["patch_embed"], rtol=0, atol=0)
+                     last.extra["key_params"]["encoder"]["patch_embed"], rtol=0, atol=0)
   block = lambda s: s.params["encoder"]["block1"]["mlp_1"]["kernel"]
-  assert np.abs(block(first) - block(state)).max() > 1e-5
+  assert np.abs(block(first) - block(last)).max() > 1e-5
 
 
 @pytest.mark.parametrize("module", [moco_v1, moco_v2, moco_v3], ids=["v1", "v2", "v3"])
 def test_every_preset_builds(module):
   """Shapes only (jax.eval_shape): every variant's networks, state and optimiser."""
-  for variant in module.VARIANTS:
-    c = module.get_config(variant)
-    method = methods.get_method(c, 1000, 1000)
-    tx, _ = optim.create_optimizer(c, c.batch_size, 1000, 100)
-    images = jax.ShapeDtypeStruct((2, c.image_size, c.image_size, 3), jnp.float32)
-    params, _, extra = jax.eval_shape(method.init, jax.random.PRNGKey(0), images)
-    jax.eval_shape(tx.init, params)
+  for c, params, extra in preset_shapes(module):
     assert jax.tree.structure(extra["key_params"]) == jax.tree.structure(
-        {k: params[k] for k in moco.KEY_MODULES})
+        {k: params[k] for k in ("encoder", "head")})
     if c.method == "moco":
       assert extra["queue"].shape == (c.moco.queue_size, c.head.output_dim)
     else:

@@ -6,7 +6,8 @@ import numpy as np
 
 from configs import simclr_v2
 from conftest import SHARED_TFDS
-from cvrl_jax import config as config_lib, input_pipeline
+from cvrl_jax import config as config_lib
+from cvrl_jax.data import pipeline
 
 
 def config(num_small=3, **overrides):
@@ -21,8 +22,8 @@ def config(num_small=3, **overrides):
 
 
 def take(c, batch, n, start_step=0):
-  ds = input_pipeline.train_dataset(c, batch, start_step)
-  return list(itertools.islice(input_pipeline.as_numpy(ds), n))
+  ds = pipeline.train_dataset(c, batch, start_step)
+  return list(itertools.islice(pipeline.as_numpy(ds), n))
 
 
 def test_small_crops_have_their_size_and_differ():

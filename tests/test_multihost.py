@@ -72,12 +72,11 @@ def worker(workdir: str) -> None:
   from cvrl_jax.data import pipeline
 
   parallel.initialize_distributed()
-  import test_moco
-  import test_train
   from configs import moco_v2
+  from helpers import tiny_config, tiny_moco_config
 
   pipeline.train_dataset = _fixed_global_batches
-  runs = {"simclr": test_train.tiny_config(), "moco_v2": test_moco.tiny_config(moco_v2)}
+  runs = {"simclr": tiny_config(), "moco_v2": tiny_moco_config(moco_v2)}
   for name, config in runs.items():
     config.update(total_steps=STEPS, num_devices=0)
     config.knn.update(num_train_examples=128, num_eval_examples=64, batch_size=32)

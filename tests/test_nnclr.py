@@ -10,7 +10,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from configs import nnclr as nnclr_config
 from cvrl_jax import losses, parallel
 from cvrl_jax.methods import nnclr
-from test_simsiam import build, one_and_eight_devices
+from helpers import preset_shapes, same_on_one_and_eight_devices, tiny_vit_config, train_steps
 
 
 def test_nearest_neighbour_is_the_most_cosine_similar_row():
@@ -27,9 +27,9 @@ def test_hand_worked_loss():
   # CE = log(e^2 + 1) - 2.
   nn, p = jnp.array([[1.0, 0.0], [0.0, 1.0]]), jnp.array([[2.0, 0.0], [0.0, 3.0]])
   expected = np.log(np.exp(2.0) + 1) - 2
-  assert float(nnclr.nnclr_loss(nn, p, temperature=0.5)) == pytest.approx(expected, rel=1e-6)
+  assert float(losses.nnclr_loss(nn, p, temperature=0.5)) == pytest.approx(expected, rel=1e-6)
   # Predictions swapped: the positive is orthogonal, the negative aligned.
-  swapped = float(nnclr.nnclr_loss(nn, p[::-1], temperature=0.5))
+  swapped = float(losses.nnclr_loss(nn, p[::-1], temperature=0.5))
   assert swapped == pytest.approx(np.log(np.exp(2.0) + 1), rel=1e-6)
 
 
@@ -41,13 +41,13 @@ def test_global_batch_over_8_devices_equals_single_device():
   nn, p = (jnp.asarray(rng.normal(size=(32, 8)), jnp.float32) for _ in range(2))
 
   def local(nn, p):
-    loss = nnclr.nnclr_loss(nn, p, temperature=0.1, axis_name=parallel.DATA)
+    loss = losses.nnclr_loss(nn, p, temperature=0.1, axis_name=parallel.DATA)
     return jax.lax.pmean(loss, parallel.DATA)
 
   sharded = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P("data"), P("data")),
                                   out_specs=P()))
   put = lambda x: jax.device_put(x, NamedSharding(mesh, P("data")))
-  single = lambda p: nnclr.nnclr_loss(nn, p, temperature=0.1)
+  single = lambda p: losses.nnclr_loss(nn, p, temperature=0.1)
   np.testing.assert_allclose(sharded(put(nn), put(p)), single(p), rtol=1e-5)
   g8 = jax.jit(jax.grad(sharded, argnums=1))(put(nn), put(p))
   np.testing.assert_allclose(np.asarray(g8), jax.grad(single)(p), rtol=1e-4, atol=1e-7)
@@ -57,9 +57,13 @@ def test_one_and_eight_devices_give_the_same_steps():
   """The same neighbours, losses and support set on any mesh; the support set holds
   the view-1 projections of the global batches, newest last, with their labels."""
   # At the default rate the projections of different images separate fast; at
-  # 0.1 they stay nearly parallel and rounding flips near-tied neighbours.
-  state, history = one_and_eight_devices(nnclr_config)
-  extra = state.extra
+  # 0.1 they stay nearly parallel and rounding flips near-tied neighbours. The
+  # last batch's queue rows (unit length) differ by up to 1.3e-3 in a few of
+  # their 65,536 entries (as before the redesign, on this CPU): rounding; a wrong
+  # neighbour or row order differs by O(1).
+  config = tiny_vit_config(nnclr_config)
+  states, history = same_on_one_and_eight_devices(lambda n: train_steps(config, n), atol=2e-3)
+  extra = states[-1].extra
   assert int(extra["queue_ptr"]) == 3 * 16 % 4096
   filled = extra["queue"][:48]
   np.testing.assert_allclose(np.linalg.norm(filled, axis=1), 1.0, rtol=1e-5)
@@ -69,7 +73,5 @@ def test_one_and_eight_devices_give_the_same_steps():
 
 
 def test_every_preset_builds():
-  for variant in nnclr_config.VARIANTS:
-    c = nnclr_config.get_config(variant)
-    params = build(c)
+  for c, params, _ in preset_shapes(nnclr_config):
     assert params["predictor"]["dense_1"]["kernel"].shape[-1] == c.head.output_dim

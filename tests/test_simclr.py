@@ -39,18 +39,17 @@ def test_loss_is_nt_xent_plus_probe_and_probe_never_moves_the_encoder():
 def test_contrastive_loss_matches_nt_xent_of_the_projections():
   c, method, params, batch_stats, extra, batch = tiny()
   _, (_, _, metrics) = method.loss(params, batch_stats, extra, batch, None, 0, None)
-  net = method._net(None)
-  (_, z, _), _ = net.apply({"params": params, "batch_stats": batch_stats},
-                           jnp.concatenate(batch["views"]), train=True,
-                           mutable=["batch_stats"])
+  (_, (z, _), _, _), _ = method.net(None).apply(
+      {"params": params, "batch_stats": batch_stats}, jnp.concatenate(batch["views"]),
+      train=True, mutable=["batch_stats"])
   z1, z2 = jnp.split(z, 2)
-  np.testing.assert_allclose(metrics["loss"], losses.nt_xent(z1, z2, temperature=c.temperature),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+      metrics["loss"], losses.nt_xent(z1, z2, temperature=c.simclr.temperature), rtol=1e-6)
 
 
 def test_representation_is_encoder_output_or_first_head_layer():
   c, method, params, batch_stats, _, batch = tiny()
   h = method.features(params, batch_stats, batch["views"][0])
   assert h.shape == (8, feature_dim(18, 0.125)) == (8, 64)
-  c.representation_layer = 1
+  c.simclr.representation_layer = 1
   assert method.features(params, batch_stats, batch["views"][0]).shape == (8, 32)

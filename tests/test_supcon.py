@@ -9,8 +9,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import supcon as supcon_config
 from cvrl_jax import losses, parallel
-from cvrl_jax.methods import supcon
-from test_simsiam import build, one_and_eight_devices
+from helpers import preset_shapes, same_on_one_and_eight_devices, tiny_vit_config, train_steps
 
 
 def _reference(z1, z2, labels, tau):
@@ -31,15 +30,15 @@ def test_hand_worked_loss():
   # One class, all four views the same direction: each anchor's three candidates
   # are all positives with equal logits, log-probability -log 3 each: L = log 3.
   z = jnp.array([[1.0, 0.0], [2.0, 0.0]])
-  got = supcon.supcon_loss(z, 3 * z, jnp.array([7, 7]), temperature=0.5)
+  got = losses.supcon_loss(z, 3 * z, jnp.array([7, 7]), temperature=0.5)
   assert float(got) == pytest.approx(np.log(3), rel=1e-6)
   # Views a, a' = e1 and b, b' = e2, tau = 1. Same class: anchor a has positives
   # a' (logit 1) and b, b' (logit 0): -(1 + 0 + 0)/3 + log(e + 2).
   z1, z2 = jnp.array([[1.0, 0.0], [0.0, 1.0]]), jnp.array([[1.0, 0.0], [0.0, 1.0]])
-  got = supcon.supcon_loss(z1, z2, jnp.array([0, 0]), temperature=1.0)
+  got = losses.supcon_loss(z1, z2, jnp.array([0, 0]), temperature=1.0)
   assert float(got) == pytest.approx(np.log(np.e + 2) - 1 / 3, rel=1e-6)
   # Different classes: only a' is a positive, -1 + log(e + 2), SimCLR's value.
-  got = supcon.supcon_loss(z1, z2, jnp.array([0, 1]), temperature=1.0)
+  got = losses.supcon_loss(z1, z2, jnp.array([0, 1]), temperature=1.0)
   assert float(got) == pytest.approx(np.log(np.e + 2) - 1, rel=1e-6)
 
 
@@ -48,10 +47,10 @@ def test_matches_loop_reference_and_nt_xent_for_distinct_labels(tau):
   rng = np.random.default_rng(0)
   z1, z2 = rng.normal(size=(8, 5)), rng.normal(size=(8, 5))
   labels = rng.integers(0, 3, 8)
-  got = float(supcon.supcon_loss(jnp.asarray(z1), jnp.asarray(z2), jnp.asarray(labels),
+  got = float(losses.supcon_loss(jnp.asarray(z1), jnp.asarray(z2), jnp.asarray(labels),
                                  temperature=tau))
   assert got == pytest.approx(_reference(z1, z2, labels, tau), rel=1e-5)
-  distinct = supcon.supcon_loss(jnp.asarray(z1), jnp.asarray(z2), jnp.arange(8),
+  distinct = losses.supcon_loss(jnp.asarray(z1), jnp.asarray(z2), jnp.arange(8),
                                 temperature=tau)
   np.testing.assert_allclose(distinct, losses.nt_xent(z1, z2, temperature=tau), rtol=1e-5)
 
@@ -65,13 +64,13 @@ def test_global_batch_over_8_devices_equals_single_device():
   labels = jnp.asarray(rng.integers(0, 4, 32), jnp.int32)
 
   def local(a, b, y):
-    loss = supcon.supcon_loss(a, b, y, temperature=0.2, axis_name=parallel.DATA)
+    loss = losses.supcon_loss(a, b, y, temperature=0.2, axis_name=parallel.DATA)
     return jax.lax.pmean(loss, parallel.DATA)
 
   sharded = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P("data"),) * 3,
                                   out_specs=P()))
   put = lambda x: jax.device_put(x, NamedSharding(mesh, P("data")))
-  single = lambda a, b: supcon.supcon_loss(a, b, labels, temperature=0.2)
+  single = lambda a, b: losses.supcon_loss(a, b, labels, temperature=0.2)
   np.testing.assert_allclose(sharded(put(z1), put(z2), put(labels)), single(z1, z2),
                              rtol=1e-5)
   g8 = jax.jit(jax.grad(sharded, argnums=(0, 1)))(put(z1), put(z2), put(labels))
@@ -81,10 +80,10 @@ def test_global_batch_over_8_devices_equals_single_device():
 
 
 def test_one_and_eight_devices_give_the_same_steps():
-  one_and_eight_devices(supcon_config)
+  config = tiny_vit_config(supcon_config)
+  same_on_one_and_eight_devices(lambda n: train_steps(config, n))
 
 
 def test_every_preset_builds():
-  for variant in supcon_config.VARIANTS:
-    c = supcon_config.get_config(variant)
-    assert build(c)["head"]["dense_1"]["kernel"].shape[-1] == c.head.output_dim
+  for c, params, _ in preset_shapes(supcon_config):
+    assert params["head"]["dense_1"]["kernel"].shape[-1] == c.head.output_dim

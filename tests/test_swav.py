@@ -7,14 +7,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import swav as swav_config
 from conftest import SHARED_TFDS
-from cvrl_jax import config as config_lib, methods, optim, parallel, train
+from cvrl_jax import config as config_lib, losses
 from cvrl_jax.methods import swav
-from test_moco import assert_trees_close, restore
-from test_train import losses_by_step, read_metrics
+from helpers import (loop_run, on_mesh, plain_sgd, preset_shapes, read_metrics,
+                     same_on_one_and_eight_devices, train_steps)
 
 
 def tiny_config(**overrides):
@@ -37,22 +36,13 @@ def tiny_config(**overrides):
   return c
 
 
-def on_mesh(fn, num_devices, *args):
-  """``fn(*args, axis_name)`` per device under shard_map; args split on axis 0."""
-  mesh = parallel.make_mesh(num_devices)
-  spec = P(parallel.DATA)
-  mapped = jax.shard_map(lambda *a: fn(*a, parallel.DATA), mesh=mesh,
-                         in_specs=(spec,) * len(args), out_specs=spec)
-  return jax.jit(mapped)(*(jax.device_put(a, NamedSharding(mesh, spec)) for a in args))
-
-
 # ------------------------------------------------------------------ Sinkhorn
 
 
 def test_sinkhorn_keeps_a_balanced_assignment():
   # exp(scores) = [[2, 1], [1, 2]]: every prototype already holds half the mass,
   # so the codes are just the rows normalised.
-  codes = swav.sinkhorn(jnp.log(jnp.array([[2.0, 1.0], [1.0, 2.0]])), epsilon=1.0,
+  codes = losses.sinkhorn(jnp.log(jnp.array([[2.0, 1.0], [1.0, 2.0]])), epsilon=1.0,
                         num_iters=3)
   np.testing.assert_allclose(codes, [[2 / 3, 1 / 3], [1 / 3, 2 / 3]], rtol=1e-6)
 
@@ -61,10 +51,10 @@ def test_sinkhorn_splits_samples_that_all_prefer_one_prototype():
   # exp(scores) = [[3, 1], [3, 1]]; by hand, one iteration: / total 8 -> prototype
   # masses 6/8 and 2/8 scaled to 1/2 each -> every entry 1/4 -> rows sum to 1.
   scores = jnp.log(jnp.array([[3.0, 1.0], [3.0, 1.0]]))
-  codes = swav.sinkhorn(scores, epsilon=1.0, num_iters=1)
+  codes = losses.sinkhorn(scores, epsilon=1.0, num_iters=1)
   np.testing.assert_allclose(codes, [[0.5, 0.5], [0.5, 0.5]], rtol=1e-6)
   # epsilon sharpens before balancing: at 0.5 the entries are 9 and 1, same answer.
-  np.testing.assert_allclose(swav.sinkhorn(scores, epsilon=0.5, num_iters=1), codes, rtol=1e-6)
+  np.testing.assert_allclose(losses.sinkhorn(scores, epsilon=0.5, num_iters=1), codes, rtol=1e-6)
 
 
 def numpy_sinkhorn(scores, epsilon, num_iters):
@@ -80,7 +70,7 @@ def numpy_sinkhorn(scores, epsilon, num_iters):
 
 def test_sinkhorn_matches_the_reference_and_balances_prototypes():
   scores = jax.random.uniform(jax.random.PRNGKey(0), (32, 6), minval=-1, maxval=1)
-  codes = swav.sinkhorn(scores, epsilon=0.05, num_iters=3)
+  codes = losses.sinkhorn(scores, epsilon=0.05, num_iters=3)
   np.testing.assert_allclose(codes, numpy_sinkhorn(scores, 0.05, 3), rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(codes.sum(axis=1), 1.0, rtol=1e-5)
   # 3 iterations bring the prototypes' use closer to equal (32 / 6 each)
@@ -91,14 +81,14 @@ def test_sinkhorn_matches_the_reference_and_balances_prototypes():
 
 def test_sinkhorn_over_eight_devices_is_the_global_batch_on_one():
   scores = jax.random.uniform(jax.random.PRNGKey(1), (64, 10), minval=-1, maxval=1)
-  sk = lambda s, axis_name: swav.sinkhorn(s, epsilon=0.05, num_iters=3, axis_name=axis_name)
+  sk = lambda s, axis_name: losses.sinkhorn(s, epsilon=0.05, num_iters=3, axis_name=axis_name)
   np.testing.assert_allclose(on_mesh(sk, 8, scores), sk(scores, None), rtol=1e-5, atol=1e-7)
 
 
 def test_sinkhorn_weights_leave_rows_out():
   scores = jax.random.uniform(jax.random.PRNGKey(2), (24, 5), minval=-1, maxval=1)
   weights = (jnp.arange(24) % 3 != 0).astype(jnp.float32)
-  sk = lambda s, w, axis_name: swav.sinkhorn(s, epsilon=0.05, num_iters=3,
+  sk = lambda s, w, axis_name: losses.sinkhorn(s, epsilon=0.05, num_iters=3,
                                              axis_name=axis_name, weights=w)
   kept = np.asarray(sk(scores, weights, None))
   np.testing.assert_allclose(kept[weights == 1], sk(scores[weights == 1], None, None),
@@ -115,53 +105,24 @@ def test_swapped_prediction_by_hand():
   # crop 0's codes are predicted by crop 1 (-log 3/4), crop 1's by crop 0 (log 2).
   codes = [jnp.array([[1.0, 0.0]]), jnp.array([[1.0, 0.0]])]
   scores = [jnp.zeros((1, 2)), jnp.array([[math.log(3.0), 0.0]])]
-  loss = swav.swapped_prediction(codes, scores, temperature=1.0)
+  loss = losses.swapped_prediction(codes, scores, temperature=1.0)
   assert float(loss) == pytest.approx((math.log(4 / 3) + math.log(2)) / 2, rel=1e-6)
   # A small crop (uniform prediction) only predicts: each code gets the mean of two.
-  loss = swav.swapped_prediction(codes, scores + [jnp.zeros((1, 2))], temperature=1.0)
+  loss = losses.swapped_prediction(codes, scores + [jnp.zeros((1, 2))], temperature=1.0)
   expected = ((math.log(4 / 3) + math.log(2)) / 2 + (math.log(2) + math.log(2)) / 2) / 2
   assert float(loss) == pytest.approx(expected, rel=1e-6)
   # Temperature 0.5 doubles the scores: crop 1's softmax becomes [9/10, 1/10].
-  loss = swav.swapped_prediction(codes, scores, temperature=0.5)
+  loss = losses.swapped_prediction(codes, scores, temperature=0.5)
   assert float(loss) == pytest.approx((math.log(10 / 9) + math.log(2)) / 2, rel=1e-6)
 
 
 # ---------------------------------------------------------------- training
 
 
-def _steps(c, num_steps, num_devices=2):
-  """[first state, state after each of ``num_steps`` train steps] on random images.
-
-  Plain SGD at a visible rate (unless ``c`` picks AdamW): LARS's small trust-ratio
-  steps would hide the difference between a frozen and a learning layer.
-  """
-  if c.optimizer.name != "adamw":
-    c.optimizer.update(name="sgd", base_lr=0.5, lr_scaling="none", weight_decay=1e-4,
-                       warmup_epochs=0.0)
-  mesh = parallel.make_mesh(num_devices)
-  method = methods.get_method(c, 10, c.total_steps)
-  tx, _ = optim.create_optimizer(c, c.batch_size, c.total_steps, 4)
-  state = train.create_train_state(method, tx, jax.random.PRNGKey(0),
-                                   (8, c.image_size, c.image_size, 3), mesh)
-  first = jax.tree.map(np.asarray, state)
-  rng = np.random.default_rng(0)
-  image = lambda size: rng.uniform(size=(c.batch_size, size, size, 3)).astype(np.float32)
-  batch = {"views": (image(c.image_size), image(c.image_size)),
-           "small_views": tuple(image(c.multicrop.size) for _ in range(c.multicrop.num_small)),
-           "label": rng.integers(0, 10, c.batch_size).astype(np.int32)}
-  step = train.make_train_step(method, tx, mesh)
-  states = [first]
-  for _ in range(num_steps):
-    state, _ = step(state, parallel.host_to_global(batch, mesh),
-                    jax.device_put(jax.random.PRNGKey(1), parallel.replicated(mesh)))
-    states.append(jax.tree.map(np.asarray, state))
-  return states
-
-
 def test_prototypes_stay_unit_length_and_frozen_at_first():
-  c = tiny_config()
+  c = plain_sgd(tiny_config())
   c.swav.queue_size = 0
-  s0, s1, s2 = _steps(c, 2)
+  (s0, s1, s2), _ = train_steps(c, 2, steps=2)
   protos = [s.params["head"][swav.PROTOTYPES]["kernel"] for s in (s0, s1, s2)]
   for p in protos:
     np.testing.assert_allclose(np.linalg.norm(p, axis=0), 1.0, rtol=1e-5)
@@ -172,44 +133,16 @@ def test_prototypes_stay_unit_length_and_frozen_at_first():
   assert max(moved) > 0  # the rest of the network learns meanwhile
 
 
-def same_runs_on_one_and_eight_devices(tmp_path, config_fn):
-  """Trains ``config_fn(num_devices=...)`` on 1 and on 8 devices and checks the
-  losses, parameters and extra state agree; returns (workdir, state) of the 8."""
-  assert jax.device_count() == 8
-  workdirs = {n: tmp_path / f"devices_{n}" for n in (1, 8)}
-  for n, workdir in workdirs.items():
-    train.train_and_evaluate(config_fn(num_devices=n), str(workdir))
-  l1, l8 = losses_by_step(workdirs[1]), losses_by_step(workdirs[8])
-  assert sorted(l1) == [1, 2, 3, 4] and np.isfinite(list(l1.values())).all()
-  for step in l1:
-    assert l8[step] == pytest.approx(l1[step], rel=2e-4), step
-  s1, s8 = restore(workdirs[1], 4), restore(workdirs[8], 4)
-  assert_trees_close(s1["params"], s8["params"], rtol=1e-3, atol=1e-4)
-  assert_trees_close(s1["extra"], s8["extra"], rtol=1e-3, atol=1e-4)
-  return workdirs[8], s8
-
-
-def preset_shapes(module):
-  """(config, params, extra) of every variant, shapes only (jax.eval_shape), with
-  the optimiser built too."""
-  for variant in module.VARIANTS:
-    c = module.get_config(variant)
-    method = methods.get_method(c, 1000, 1000)
-    tx, _ = optim.create_optimizer(c, c.batch_size, 1000, 100)
-    images = jax.ShapeDtypeStruct((2, c.image_size, c.image_size, 3), jnp.float32)
-    params, _, extra = jax.eval_shape(method.init, jax.random.PRNGKey(0), images)
-    jax.eval_shape(tx.init, params)
-    yield c, params, extra
-
-
 def test_one_and_eight_devices_give_the_same_losses(tmp_path):
   """Global BN, Sinkhorn over the mesh, a replicated queue: the same losses and
   state on 1 and 8 devices, through multi-crop, frozen prototypes and the queue."""
-  workdir, state = same_runs_on_one_and_eight_devices(tmp_path, tiny_config)
+  run = lambda n: loop_run(tiny_config(num_devices=n), tmp_path / f"devices_{n}")
+  (state,), _ = same_on_one_and_eight_devices(run, atol=1e-4)
   # The queue holds the global batch's embeddings, in its order, on any mesh.
-  assert bool(state["extra"]["queue_full"]) and int(state["extra"]["queue_ptr"]) == 16
-  np.testing.assert_allclose(np.linalg.norm(state["extra"]["queue"], axis=-1), 1.0, rtol=1e-5)
-  entropy = [r["code_entropy"] for r in read_metrics(workdir) if "code_entropy" in r]
+  assert bool(state.extra["queue_full"]) and int(state.extra["queue_ptr"]) == 16
+  np.testing.assert_allclose(np.linalg.norm(state.extra["queue"], axis=-1), 1.0, rtol=1e-5)
+  entropy = [r["code_entropy"] for r in read_metrics(tmp_path / "devices_8")
+             if "code_entropy" in r]
   assert all(0 < e <= math.log(12) + 1e-4 for e in entropy)
 
 

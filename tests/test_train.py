@@ -8,7 +8,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import SHARED_TFDS
-from helpers import losses_by_step, preempted_run, restore_params, tiny_config
+from helpers import losses_by_step, preempted_run, restore, tiny_config
 from cvrl_jax import parallel, train
 from cvrl_jax.data import sources
 
@@ -25,7 +25,7 @@ def test_one_and_eight_devices_give_the_same_losses(tmp_path):
     assert l8[step] == pytest.approx(l1[step], rel=2e-4), step
   assert eight["probe_top1"] == pytest.approx(one["probe_top1"], abs=1e-3)
   assert eight["knn_top1"] == pytest.approx(one["knn_top1"], abs=2.0)
-  p1, p8 = restore_params(tmp_path / "one", 4), restore_params(tmp_path / "eight", 4)
+  p1, p8 = restore(tmp_path / "one", 4)["params"], restore(tmp_path / "eight", 4)["params"]
   for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
 
@@ -44,8 +44,8 @@ def test_stopped_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
   assert sorted(resumed) == [1, 2, 3, 4]
   for step in straight:
     assert resumed[step] == pytest.approx(straight[step], rel=1e-6), step
-  for a, b in zip(jax.tree.leaves(restore_params(tmp_path / "straight", 4)),
-                  jax.tree.leaves(restore_params(tmp_path / "resumed", 4))):
+  for a, b in zip(jax.tree.leaves(restore(tmp_path / "straight", 4)["params"]),
+                  jax.tree.leaves(restore(tmp_path / "resumed", 4)["params"])):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
@@ -64,7 +64,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
   with pytest.raises(FloatingPointError, match="NaN.*last good checkpoint \\(step 2\\)"):
     train.train_and_evaluate(config, str(tmp_path))
   assert ocp.CheckpointManager(str(tmp_path / "checkpoints")).all_steps() == [2]
-  params = restore_params(tmp_path, 2)
+  params = restore(tmp_path, 2)["params"]
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 

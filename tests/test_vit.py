@@ -25,7 +25,7 @@ def test_parameter_counts_match_timm_without_head_and_position_embedding(name, e
 
 
 def tiny_vit_config(**model):
-  c = config_lib.base_config()
+  c = config_lib.base_config("simclr")
   c.model.update(name="vit", width=32, depth=1, num_heads=2, patch_size=4, **model)
   c.optimizer.update(name="adamw", base_lr=1.5e-4, weight_decay=0.1)
   return c

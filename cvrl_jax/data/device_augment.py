@@ -23,6 +23,7 @@ Imports no TensorFlow (``step.py`` runs on accelerator hosts without it).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Optional
 
@@ -43,11 +44,10 @@ BatchFn = Callable[[dict], dict]
 
 @dataclasses.dataclass(frozen=True)
 class ViewRecipe:
-  """The device part of one view's augmentation (Python constants, as in augment.py)."""
-  brightness: float = 0.8
-  contrast: float = 0.8
-  saturation: float = 0.8
-  hue: float = 0.2
+  """The device part of one view's augmentation (Python constants, as in augment.py):
+  colour jitter (brightness, contrast, saturation, hue) with its probability, and
+  the probabilities of the other ops."""
+  jitter: tuple[float, float, float, float] = (0.8, 0.8, 0.8, 0.2)
   color_p: float = 0.8
   grayscale_p: float = 0.2
   blur_p: float = 0.5
@@ -61,10 +61,9 @@ class ViewRecipe:
 
 def enabled(config: ml_collections.ConfigDict) -> bool:
   """Whether ``config.augment.on_device`` is on; refuses it with multi-crop."""
-  aug = config.get("augment")
-  if not isinstance(aug, ml_collections.ConfigDict) or not aug.get("on_device", False):
+  if not config.augment.on_device:
     return False
-  if "multicrop" in config and config.multicrop.num_small:
+  if config.multicrop.num_small:
     raise ValueError(
         "config.augment.on_device=True does not support multi-crop yet "
         f"(multicrop.num_small={config.multicrop.num_small}): run with "
@@ -78,7 +77,7 @@ def batch_shapes(config: ml_collections.ConfigDict, batch: int) -> dict:
   For the benchmarks, which compile the step without reading data."""
   size, on_device = config.image_size, enabled(config)
   view = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8 if on_device else jnp.float32)
-  shapes = {"views": (view,) * config.get("num_views", 2),
+  shapes = {"views": (view,) * config.num_views,
             "label": jax.ShapeDtypeStruct((batch,), jnp.int32)}
   if on_device:
     shapes["aug_seed"] = jax.ShapeDtypeStruct((batch, *SEED_SHAPE), jnp.uint32)
@@ -87,7 +86,7 @@ def batch_shapes(config: ml_collections.ConfigDict, batch: int) -> dict:
 
 def jitter_strengths(aug: ml_collections.ConfigDict) -> tuple[float, float, float, float]:
   """(brightness, contrast, saturation, hue) as augment.color_jitter derives them."""
-  explicit = aug.get("color_jitter_strengths")
+  explicit = aug.color_jitter_strengths
   if explicit is not None:
     if len(explicit) != 4:
       raise ValueError("color_jitter_strengths must be (brightness, contrast, "
@@ -100,13 +99,11 @@ def jitter_strengths(aug: ml_collections.ConfigDict) -> tuple[float, float, floa
 def view_recipes(config: ml_collections.ConfigDict) -> tuple[ViewRecipe, ...]:
   """One recipe per view: per-view blur / solarize read like the host pipeline's."""
   aug = config.augment
-  b, c, s, h = jitter_strengths(aug)
   return tuple(
-      ViewRecipe(brightness=b, contrast=c, saturation=s, hue=h,
-                 color_p=float(aug.get("color_p", 0.8)), grayscale_p=float(aug.grayscale_p),
+      ViewRecipe(jitter=jitter_strengths(aug), color_p=float(aug.color_p), grayscale_p=float(aug.grayscale_p),
                  blur_p=float(config_lib.view_setting(config, "blur_p", v)),
                  solarize_p=float(config_lib.view_setting(config, "solarize_p", v)))
-      for v in range(config.get("num_views", 2)))
+      for v in range(config.num_views))
 
 
 # ---------------------------------------------------------------------------
@@ -215,24 +212,19 @@ def _random_apply(fn: Callable[[jax.Array], jax.Array], x: jax.Array, key: jax.A
 
 def color_jitter(x: jax.Array, key: jax.Array, recipe: ViewRecipe) -> jax.Array:
   """augment.color_jitter_explicit: active ops in a random order, clipped after each."""
-  strengths = (recipe.brightness, recipe.contrast, recipe.saturation, recipe.hue)
+  strengths = recipe.jitter
   if any(s < 0 for s in strengths):
     raise ValueError(f"Colour jitter strengths must be >= 0, got {strengths}.")
   coin, order_key, *op_keys = jax.random.split(key, 6)
-  b, c, s, h = strengths
-  ops = []  # factors drawn up front, one key per op, whatever the order
-  if b:
-    fb = _uniform(op_keys[0], max(1.0 - b, 0.0), 1.0 + b)
-    ops.append(lambda y: clip(adjust_brightness(y, fb)))
-  if c:
-    fc = _uniform(op_keys[1], max(1.0 - c, 0.0), 1.0 + c)
-    ops.append(lambda y: clip(adjust_contrast(y, fc)))
-  if s:
-    fs = _uniform(op_keys[2], max(1.0 - s, 0.0), 1.0 + s)
-    ops.append(lambda y: clip(adjust_saturation(y, fs)))
-  if h:
-    dh = _uniform(op_keys[3], -min(h, 0.5), min(h, 0.5))
-    ops.append(lambda y: clip(adjust_hue(y, dh)))
+  factor = lambda k, s: _uniform(k, max(1.0 - s, 0.0), 1.0 + s)
+  shift = lambda k, s: _uniform(k, -min(s, 0.5), min(s, 0.5))  # hue: an additive shift
+  ops = []  # values drawn up front, one key per op, whatever the order
+  for strength, adjust, draw, op_key in zip(
+      strengths, (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue),
+      (factor, factor, factor, shift), op_keys):
+    if strength:
+      ops.append(functools.partial(lambda y, adjust, v: clip(adjust(y, v)), adjust=adjust,
+                                   v=draw(op_key, strength)))
   if not ops:
     return x
 

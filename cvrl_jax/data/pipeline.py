@@ -43,8 +43,8 @@ def _crop_fn(config: ml_collections.ConfigDict, size: int, crop_area, blur_p, so
     return augment.simclr_view(
         _to_float(image), seed, size=size,
         crop_area=tuple(crop_area), color_strength=aug.color_strength,
-        color_jitter_strengths=aug.get("color_jitter_strengths"),
-        color_p=aug.get("color_p", 0.8), grayscale_p=aug.grayscale_p, blur_p=blur_p,
+        color_jitter_strengths=aug.color_jitter_strengths,
+        color_p=aug.color_p, grayscale_p=aug.grayscale_p, blur_p=blur_p,
         solarize_p=solarize_p)
   return fn
 
@@ -71,13 +71,13 @@ def _crop_only_fn(config: ml_collections.ConfigDict):
 
 def num_small_crops(config: ml_collections.ConfigDict) -> int:
   """How many multi-crop small crops each example gets (0: multi-crop off)."""
-  return config.multicrop.num_small if "multicrop" in config else 0
+  return config.multicrop.num_small
 
 
 def small_crop_fn(config: ml_collections.ConfigDict):
   """A multi-crop small crop: ``multicrop.size`` px of ``multicrop.crop_area``."""
   mc = config.multicrop
-  return _crop_fn(config, mc.size, mc.crop_area, mc.blur_p, mc.get("solarize_p", 0.0))
+  return _crop_fn(config, mc.size, mc.crop_area, mc.blur_p, mc.solarize_p)
 
 
 # Folded into an example's seed for its small crops: a derivation of its own, so
@@ -133,15 +133,15 @@ def train_dataset(config: ml_collections.ConfigDict, local_batch: int,
   flipped only, uint8, and "aug_seed" [local_batch, 2] uint32 keys the rest of
   their augmentation in the step (``device_augment``).
   """
-  ds = sources.read(config, config.train_split, config.get("num_train_examples"))
+  ds = sources.read(config, config.train_split, config.num_train_examples or None)
   n = int(ds.cardinality())
   if n < local_batch:
     raise ValueError(f"{config.dataset}:{config.train_split} has {n} examples on "
                      f"this process, fewer than one batch of {local_batch}.")
-  if config.get("cache", True):
+  if config.cache:
     ds = ds.cache()  # decoded uint8: 150 MB for CIFAR-10; off for ImageNet.
   on_device = device_augment.enabled(config)
-  num_views = config.get("num_views", 2)
+  num_views = config.num_views
   views = ([_crop_only_fn(config)] * num_views if on_device
            else [view_fn(config, v) for v in range(num_views)])
   num_small, small_crop = num_small_crops(config), None
@@ -161,7 +161,7 @@ def train_dataset(config: ml_collections.ConfigDict, local_batch: int,
       out["small_views"] = tuple(small_crop(x["image"], small[i]) for i in range(num_small))
     return out
 
-  buffer = min(n, config.get("shuffle_buffer", 50_000))
+  buffer = min(n, config.shuffle_buffer)
   stream = _epochs(ds, n, config.seed, buffer, local_batch, start_step)
   return _batched(stream.map(augment_example, num_parallel_calls=tf.data.AUTOTUNE),
                   local_batch)
@@ -228,7 +228,7 @@ def eval_dataset(config: ml_collections.ConfigDict, split: str, local_batch: int
   else:
     total, ds = len(indices), sources.read_indexed(config, split, indices, None)
   num_batches = _ceil_div(_ceil_div(total, jax.process_count()), local_batch)
-  crop = config.get("eval_crop_proportion", 1.0)
+  crop = config.eval_crop_proportion
 
   def prepare(x):
     image = augment.center_crop(_to_float(x["image"]), size=config.image_size,

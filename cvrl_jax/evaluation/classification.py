@@ -107,9 +107,9 @@ def resolve(config: ml_collections.ConfigDict, source: ml_collections.ConfigDict
   c = ml_collections.ConfigDict(config.to_dict())
   for key in ("dataset", "data_dir", "train_split", "eval_split", "image_size",
               "eval_crop_proportion"):
-    if not c.get(key) and source.get(key):
+    if not c[key] and source[key]:
       c[key] = source[key]
-  if c.dataset != source.get("dataset") and not config.get("data_dir"):
+  if c.dataset != source.dataset and not config.data_dir:
     c.data_dir = ""  # another dataset: $TFDS_DATA_DIR or the TFDS default, not source's
   return c
 
@@ -217,7 +217,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, frozen_backbone: bool
   pre = pretrained_lib.load_pretrained(config.pretrained, config.pretrained_step, mesh)
   config = resolve(config, pre.config)
   spec = pretrained_lib.network_spec(pre.config, config.representation_layer,
-                                     num_classes(config))
+                                     num_classes(config), pre.params.get(base.HEAD, {}))
   if frozen_backbone:  # load_classifier then finds the backbone in the state's ``extra``
     spec["frozen_backbone"] = True
   return with_network(config, spec, pretrained_step_used=pre.step), mesh, pre, spec

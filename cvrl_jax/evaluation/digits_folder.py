@@ -1,7 +1,7 @@
 """``python -m cvrl_jax.evaluation.digits_folder``, kept working: the tool is
 ``cvrl_jax.tools.digits_folder``."""
 
-from cvrl_jax.tools import digits_folder
+import runpy
 
 if __name__ == "__main__":
-  digits_folder.cli()
+  runpy.run_module("cvrl_jax.tools.digits_folder", run_name="__main__", alter_sys=True)

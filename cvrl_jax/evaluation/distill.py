@@ -27,7 +27,6 @@ from jax import lax
 from cvrl_jax import checkpoint, loop, parallel
 from cvrl_jax.data import sources
 from cvrl_jax.evaluation import classification, finetune, pretrained as pretrained_lib
-from cvrl_jax.methods import base
 
 
 def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array,
@@ -70,12 +69,12 @@ class Distill(finetune.FineTune):
     logits, updates = self.net(axis_name).apply(
         {"params": params, "batch_stats": batch_stats}, batch["image"], train=True,
         mutable=["batch_stats"])
-    distill = base.pmean(jnp.mean(distillation_loss(logits, t_logits, dc.temperature)),
+    distill = parallel.pmean(jnp.mean(distillation_loss(logits, t_logits, dc.temperature)),
                          axis_name)
     labelled = masked_mean(classification.cross_entropy(logits, batch["label"]),
                            batch["labelled"], axis_name)
     loss = dc.alpha * distill + (1.0 - dc.alpha) * labelled
-    agree = base.pmean(100.0 * jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(t_logits, -1)),
+    agree = parallel.pmean(100.0 * jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(t_logits, -1)),
                        axis_name)
     _, metrics = classification.supervised_loss(logits, batch["label"], axis_name)
     metrics.update(loss=loss, distill_loss=distill, labelled_loss=labelled,
@@ -116,7 +115,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     labelled, _ = classification.labelled_subset(config, workdir)
   model = spec["model"]
   what = (f"distillation of {config.teacher} (step {teacher.step}) into a {model['name']}-"
-          f"{model['depth']} x{model.get('width_multiplier', 1)} student, tau "
+          f"{model['depth']} x{model['width_multiplier']} student, tau "
           f"{config.distill.temperature}, alpha {config.distill.alpha}")
   return classification.run(
       config, workdir, mesh, Distill(config, spec, teacher.spec, total_steps=1),

@@ -21,7 +21,8 @@ teacher for distillation).
 """
 
 import dataclasses
-from typing import Any, Optional, Sequence
+import re
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -30,31 +31,9 @@ import ml_collections
 
 from cvrl_jax import checkpoint, methods, models, parallel
 from cvrl_jax.methods import base
+from cvrl_jax.models.heads import MLPHead
 
 BACKBONE = (base.ENCODER, base.HEAD)  # the parameter groups restored from pre-training
-
-
-class HeadLayers(nn.Module):
-  """The first layers of a pre-trained ``MLPHead``: Dense -> BN -> ReLU each.
-
-  Same parameter names as ``models.heads.MLPHead`` (``dense_i``, ``bn_i``), so the
-  pre-trained values load as they are. These are never the head's last layer,
-  so each BN has its offset and a ReLU follows, as in the head.
-  """
-  dims: Sequence[int]
-  use_bn: bool = True
-  axis_name: Optional[str] = None
-  bn_momentum: float = 0.9
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    for i, dim in enumerate(self.dims):
-      x = nn.Dense(dim, use_bias=not self.use_bn, name=f"dense_{i}")(x)
-      if self.use_bn:
-        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                         axis_name=self.axis_name if train else None, name=f"bn_{i}")(x)
-      x = nn.relu(x)
-    return x
 
 
 class Classifier(nn.Module):
@@ -68,7 +47,7 @@ class Classifier(nn.Module):
 
   def represent(self, images: jax.Array, train: bool) -> jax.Array:
     h = self.encoder(images, train=train)
-    return h if self.head is None else self.head(h, train=train)
+    return h if self.head is None else self.head(h, train=train)[0]
 
   def classify(self, features: jax.Array) -> jax.Array:
     return self.classifier(features)
@@ -78,28 +57,34 @@ class Classifier(nn.Module):
 
 
 def network_spec(pre_config: ml_collections.ConfigDict, representation_layer: int,
-                 num_classes: int) -> dict:
-  """What ``build_classifier`` needs, JSON-serialisable (saved in every eval workdir)."""
-  head_dims: list[int] = []
-  if representation_layer > 0:
-    head = pre_config.get("head")
-    if head is None or head.get("num_layers", 0) <= representation_layer:
-      raise ValueError(
-          f"representation_layer={representation_layer} needs a projection head with more "
-          f"than {representation_layer} layers; the pre-training config "
-          f"(method {pre_config.method}) has {head.num_layers if head else 'no'} head. "
-          "Use --config.representation_layer=0 (the encoder output).")
-    head_dims = [head.hidden_dim] * representation_layer
+                 num_classes: int, head: dict) -> dict:
+  """What ``build_classifier`` needs, JSON-serialisable (saved in every eval workdir).
+
+  ``head`` is the pre-trained ``head`` parameters: their first
+  ``representation_layer`` layers are kept, with the sizes they have. Only an MLP
+  head (``dense_i`` / ``bn_i``, Dense -> BN -> ReLU) has such layers; SwAV's
+  prototypes head and DINO's GELU head are refused.
+  """
+  is_mlp = bool(head) and all(re.fullmatch(r"(dense|bn)_\d+", name) for name in head)
+  layers = sum(name.startswith("dense_") for name in head) if is_mlp else 0
+  if representation_layer > 0 and layers <= representation_layer:
+    what = (f"an MLP head of {layers} layers" if is_mlp else
+            f"a {', '.join(sorted(head)) or 'missing'} head, not an MLP")
+    raise ValueError(
+        f"representation_layer={representation_layer} needs a projection head of more "
+        f"than {representation_layer} Dense-BN-ReLU layers; the pre-training run "
+        f"(method {pre_config.method}) has {what}. Use --config.representation_layer=0 "
+        "(the encoder output).")
+  head_dims = [int(head[f"dense_{i}"]["kernel"].shape[-1]) for i in range(representation_layer)]
   return {"model": pre_config.model.to_dict(), "head_dims": head_dims,
-          "head_bn": bool(pre_config.get("head", {}).get("use_bn", True)),
-          "num_classes": int(num_classes)}
+          "head_bn": "bn_0" in head, "num_classes": int(num_classes)}
 
 
 def build_classifier(spec: dict, axis_name: Optional[str]) -> Classifier:
   """The ``Classifier`` a ``network_spec`` describes (BN cross-replica over ``axis_name``)."""
   encoder = models.make_encoder(ml_collections.ConfigDict(spec["model"]), axis_name)
-  head = (HeadLayers(tuple(spec["head_dims"]), use_bn=spec["head_bn"], axis_name=axis_name,
-                     bn_momentum=spec["model"].get("bn_momentum", 0.9))
+  head = (MLPHead(tuple(spec["head_dims"]), use_bn=spec["head_bn"], hidden_only=True,
+                  axis_name=axis_name, bn_momentum=spec["model"]["bn_momentum"])
           if spec["head_dims"] else None)
   return Classifier(encoder, head, spec["num_classes"])
 
@@ -126,7 +111,7 @@ def load_pretrained(workdir: str, step: int, mesh: jax.sharding.Mesh) -> Pretrai
   config = checkpoint.read_config(workdir)
   # num_classes only sizes the online probe, which evaluations drop.
   method = methods.get_method(config, num_classes=1,
-                              total_steps=max(config.get("total_steps") or 1, 1))
+                              total_steps=config.total_steps or 1)
   size = config.image_size
   init_rng = jax.random.split(jax.random.PRNGKey(config.seed))[0]  # as train.py
 

@@ -1,7 +1,8 @@
 """Methods by name. Adding one: a file here defining ``METHODS``, a config, a test file.
 
 Each method module exports ``METHODS = {"name": MethodClass, ...}``; this package
-collects them, so a new method touches no shared file.
+collects them, so a new method touches no shared file. No method module imports
+another: what they share is in ``base.py``, their losses in ``cvrl_jax/losses.py``.
 """
 
 import importlib
@@ -21,9 +22,14 @@ def available() -> dict[str, type[Method]]:
   return found
 
 
+def method_class(name: str) -> type[Method]:
+  """The class of ``config.method=name``, or an error listing the methods."""
+  known = available()
+  if name not in known:
+    raise ValueError(f"config.method={name!r} is not one of {sorted(known)}.")
+  return known[name]
+
+
 def get_method(config: ml_collections.ConfigDict, num_classes: int,
                total_steps: int) -> Method:
-  known = available()
-  if config.method not in known:
-    raise ValueError(f"config.method={config.method!r} is not one of {sorted(known)}.")
-  return known[config.method](config, num_classes, total_steps)
+  return method_class(config.method)(config, num_classes, total_steps)

@@ -4,8 +4,8 @@ A student (encoder -> ``DINOHead``) learns by gradient descent to match, on ever
 crop, the output distribution of a teacher of the same shape on the *other*
 large crops; the teacher sees only the two large crops and follows the student
 as an exponential moving average, ``teacher <- m teacher + (1 - m) student``, m
-rising from ``dino.momentum`` to 1 on a half cosine (MoCo v3's schedule,
-``moco.cosine_momentum``).
+rising from ``dino.momentum`` to 1 on a half cosine (BYOL's and MoCo v3's
+schedule, ``base.cosine_momentum``). The loss is ``losses.dino_loss``.
 
 What keeps it from collapsing, and where it lives here:
 
@@ -34,12 +34,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cvrl_jax import losses, models
+from cvrl_jax import losses, models, parallel
 from cvrl_jax.methods import base
-from cvrl_jax.methods.moco import cosine_momentum, momentum_update
-from cvrl_jax.methods.swav import MultiCropNet, crops, encoder_features, freeze
 
-TEACHER_MODULES = ("encoder", "head")
 LAST_LAYER = "last_layer"
 _trunc_normal = nn.initializers.truncated_normal(0.02)
 
@@ -79,22 +76,6 @@ def teacher_temperature(step: jax.Array, warmup_steps: float, start: float,
   return start + (end - start) * progress
 
 
-def dino_loss(student: list[jax.Array], teacher_probs: list[jax.Array], *,
-              student_temp: float) -> jax.Array:
-  """Cross-entropy of every student crop against every teacher crop but its own.
-
-  ``teacher_probs[i]`` (n, K): the centred, sharpened teacher distribution of
-  large crop i; ``student[v]`` (n, K): student logits of crop v (crops
-  0..len(teacher_probs)-1 are the same large crops). Mean over the (i, v != i)
-  pairs of ``-sum_k p_k log softmax(s / student_temp)_k``, averaged over the n
-  local samples (``pmean`` over the mesh gives the global batch's).
-  """
-  log_p = [jax.nn.log_softmax(s.astype(jnp.float32) / student_temp) for s in student]
-  pairs = [jnp.mean(jnp.sum(-p * lp, axis=-1))
-           for i, p in enumerate(teacher_probs) for v, lp in enumerate(log_p) if v != i]
-  return sum(pairs) / len(pairs)
-
-
 def teacher_distribution(teacher: jax.Array, center: jax.Array,
                          temperature: jax.Array) -> jax.Array:
   """``softmax((t - c) / temperature)``: centred and sharpened, no gradient."""
@@ -104,11 +85,18 @@ def teacher_distribution(teacher: jax.Array, center: jax.Array,
 def update_center(center: jax.Array, teacher: jax.Array, momentum: float,
                   axis_name: Optional[str]) -> jax.Array:
   """EMA of the teacher's mean output over the global batch (all large crops)."""
-  batch_center = base.pmean(jnp.mean(teacher.astype(jnp.float32), axis=0), axis_name)
+  batch_center = parallel.pmean(jnp.mean(teacher.astype(jnp.float32), axis=0), axis_name)
   return momentum * center + (1.0 - momentum) * lax.stop_gradient(batch_center)
 
 
-class DINO(base.Method):
+class DINO(base.MomentumMethod):
+  names = ("teacher_params", "teacher_batch_stats")
+  defaults = {"dino": dict(
+      hidden_dim=2048, bottleneck_dim=256, out_dim=65536, num_layers=3,
+      use_bn_in_head=True, norm_last_layer=True, freeze_last_layer_epochs=1.0,
+      momentum=0.996,           # teacher EMA at step 0; rises to 1 on a half cosine
+      center_momentum=0.9, student_temp=0.1,
+      warmup_teacher_temp=0.04, teacher_temp=0.04, teacher_temp_warmup_epochs=0.0)}
 
   def __init__(self, config, num_classes, total_steps):
     super().__init__(config, num_classes, total_steps)
@@ -116,15 +104,16 @@ class DINO(base.Method):
     self.freeze_steps = round(d.freeze_last_layer_epochs * per_epoch)
     self.temp_warmup_steps = d.teacher_temp_warmup_epochs * per_epoch
 
-  def _net(self, axis_name: Optional[str], num_classes: int = 0) -> MultiCropNet:
+  def net(self, axis_name: Optional[str]) -> base.Net:
     d = self.config.dino
     head = DINOHead(d.hidden_dim, d.bottleneck_dim, d.out_dim, num_layers=d.num_layers,
                     use_bn=d.use_bn_in_head, norm_last_layer=d.norm_last_layer,
                     axis_name=axis_name)
-    return MultiCropNet(models.make_encoder(self.config.model, axis_name), head, num_classes)
+    return base.Net(models.make_encoder(self.config.model, axis_name), head,
+                    num_classes=self.num_classes)
 
   def momentum(self, step: jax.Array) -> jax.Array:
-    return cosine_momentum(step, self.total_steps, self.config.dino.momentum)
+    return base.cosine_momentum(step, self.total_steps, self.config.dino.momentum)
 
   def teacher_temp(self, step: jax.Array) -> jax.Array:
     d = self.config.dino
@@ -132,49 +121,32 @@ class DINO(base.Method):
                                d.teacher_temp)
 
   def init(self, rng, images):
-    variables = self._net(None, self.num_classes).init(rng, images, train=False)
-    params, batch_stats = variables["params"], variables.get("batch_stats", {})
-    # The teacher starts as a copy of the student.
-    pick = lambda tree: {k: tree[k] for k in TEACHER_MODULES if k in tree}
-    return params, batch_stats, {"teacher_params": pick(params),
-                                 "teacher_batch_stats": pick(batch_stats),
-                                 "center": jnp.zeros((self.config.dino.out_dim,))}
+    params, batch_stats, extra = super().init(rng, images)  # and the teacher
+    return params, batch_stats, {**extra, "center": jnp.zeros((self.config.dino.out_dim,))}
 
   def loss(self, params, batch_stats, extra, batch, rng, step, axis_name):
     del rng
-    d = self.config.dino
-    large, small, num_crops = crops(batch)
-    n, num_large = batch["label"].shape[0], len(batch["views"])
+    d, views, small = self.config.dino, batch["views"], batch.get("small_views", ())
     for name in (LAST_LAYER, f"{LAST_LAYER}_g"):
-      if name in params["head"]:
-        params = freeze(params, ("head", name), step < self.freeze_steps)
-    (student, logits), updates = self._net(axis_name, self.num_classes).apply(
-        {"params": params, "batch_stats": batch_stats}, large, small, train=True,
-        mutable=["batch_stats"])
-    teacher, teacher_updates = self._net(axis_name).apply(
-        {"params": extra["teacher_params"], "batch_stats": extra["teacher_batch_stats"]},
-        large, train=True, mutable=["batch_stats"])
+      if name in params[base.HEAD]:
+        params = base.freeze(params, (base.HEAD, name), step < self.freeze_steps)
+    (_, student, _, logits), batch_stats = base.apply_together(self.net(axis_name), params,
+                                                               batch_stats, views, small)
+    (_, teacher, _, _), teacher_batch_stats = base.apply_together(
+        self.target_net(axis_name), extra["teacher_params"], extra["teacher_batch_stats"], views)
     teacher = lax.stop_gradient(teacher)
     temp = self.teacher_temp(step)
-    probs = [teacher_distribution(t, extra["center"], temp) for t in jnp.split(teacher, num_large)]
-    loss = base.pmean(dino_loss(jnp.split(student, num_crops), probs,
-                                student_temp=d.student_temp), axis_name)
-    probe_loss, metrics = base.probe_loss_and_metrics(logits[:n], batch["label"], axis_name)
-    extra = {**extra, "teacher_batch_stats": teacher_updates.get("batch_stats", {}),
+    probs = [teacher_distribution(t, extra["center"], temp) for t in jnp.split(teacher, len(views))]
+    loss = losses.dino_loss(jnp.split(student, len(views) + len(small)), probs,
+                            student_temp=d.student_temp)
+    extra = {**extra, "teacher_batch_stats": teacher_batch_stats,
              "center": update_center(extra["center"], teacher, d.center_momentum, axis_name)}
     # Collapse monitors: the teacher distribution's entropy (log K: uniform collapse).
-    entropy = base.pmean(jnp.mean(jnp.sum(-probs[0] * jnp.log(probs[0] + 1e-12), -1)), axis_name)
-    metrics.update(loss=loss, teacher_entropy=entropy, teacher_temp=temp,
-                   teacher_momentum=self.momentum(step))
-    return loss + probe_loss, (updates.get("batch_stats", {}), extra, metrics)
-
-  def after_update(self, params, batch_stats, extra, step):
-    del batch_stats
-    teacher = momentum_update(extra["teacher_params"], params, self.momentum(step + 1))
-    return {**extra, "teacher_params": teacher}
-
-  def features(self, params, batch_stats, images):
-    return encoder_features(self.config, params, batch_stats, images)
+    entropy = jnp.mean(jnp.sum(-probs[0] * jnp.log(probs[0] + 1e-12), -1))
+    return base.with_probe(parallel.pmean(loss, axis_name), logits[:views[0].shape[0]],
+                           batch["label"], axis_name, batch_stats, extra,
+                           teacher_entropy=parallel.pmean(entropy, axis_name),
+                           teacher_temp=temp, teacher_momentum=self.momentum(step))
 
 
 METHODS = {"dino": DINO}

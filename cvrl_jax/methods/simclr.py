@@ -1,71 +1,40 @@
 """SimCLR v1 / v2 (Chen et al. 2020a, 2020b): one encoder, an MLP head, NT-Xent.
 
 Both views go through the network as one batch, so BatchNorm (global over the mesh)
-normalises them together, as in the reference implementation. v1 and v2 differ
-only in configuration: the head's depth (2 vs 3 layers), the encoder's width and
-selective kernels.
+normalises them together, as in the reference implementation, and the loss is
+``losses.nt_xent`` of the two views' projections over the global batch. v1 and v2
+differ only in configuration: the head's depth (2 vs 3 layers), the encoder's
+width and selective kernels.
+
+``config.simclr``: ``temperature``; ``representation_layer``, what kNN and the
+linear probe see during training: 0 the encoder's output, 1 the head's first
+layer (SimCLR v2 fine-tunes from there).
 """
 
-from typing import Optional
-
-import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from cvrl_jax import losses, models
+from cvrl_jax import losses, parallel
 from cvrl_jax.methods import base
-from cvrl_jax.models.heads import MLPHead
-
-
-class SimCLRNet(nn.Module):
-  """Encoder -> projection head; plus the online probe on the stop-gradient features."""
-  encoder: nn.Module
-  head: nn.Module
-  num_classes: int
-
-  @nn.compact
-  def __call__(self, images: jax.Array, train: bool):
-    h = self.encoder(images, train=train)
-    z, hiddens = self.head(h, train=train)  # hiddens[0] is h
-    logits = nn.Dense(self.num_classes, name="probe")(jax.lax.stop_gradient(h))
-    return hiddens, z, logits
 
 
 class SimCLR(base.Method):
-
-  def _net(self, axis_name: Optional[str]) -> SimCLRNet:
-    head = self.config.head
-    dims = [head.hidden_dim] * (head.num_layers - 1) + [head.output_dim]
-    return SimCLRNet(models.make_encoder(self.config.model, axis_name),
-                     MLPHead(dims, axis_name=axis_name), self.num_classes)
-
-  def init(self, rng, images):
-    variables = self._net(None).init(rng, images, train=False)
-    return variables["params"], variables["batch_stats"], {}
-
-  def contrastive_loss(self, z1: jax.Array, z2: jax.Array, batch: dict,
-                       axis_name: Optional[str]) -> jax.Array:
-    """NT-Xent of the projections, this device's share (SupCon's uses the labels)."""
-    return losses.nt_xent(z1, z2, temperature=self.config.temperature, axis_name=axis_name)
+  defaults = {"simclr": dict(temperature=0.1, representation_layer=0)}
 
   def loss(self, params, batch_stats, extra, batch, rng, step, axis_name):
     del rng, step
-    v1, v2 = batch["views"]
-    (_, z, logits), updates = self._net(axis_name).apply(
-        {"params": params, "batch_stats": batch_stats},
-        jnp.concatenate([v1, v2]), train=True, mutable=["batch_stats"])
+    (_, (z, _), _, logits), batch_stats = base.apply_together(
+        self.net(axis_name), params, batch_stats, batch["views"])
     z1, z2 = jnp.split(z, 2)
-    loss = base.pmean(self.contrastive_loss(z1, z2, batch, axis_name), axis_name)
-    labels = jnp.concatenate([batch["label"], batch["label"]])
-    probe_loss, metrics = base.probe_loss_and_metrics(logits, labels, axis_name)
-    return loss + probe_loss, (updates["batch_stats"], extra, {"loss": loss, **metrics})
+    loss = losses.nt_xent(z1, z2, temperature=self.config.simclr.temperature,
+                          axis_name=axis_name)
+    labels = jnp.concatenate([batch["label"]] * 2)  # the probe learns from both views
+    return base.with_probe(parallel.pmean(loss, axis_name), logits, labels, axis_name,
+                           batch_stats, extra)
 
   def features(self, params, batch_stats, images):
-    """Encoder output, or with ``representation_layer=1`` the head's first layer
-    (SimCLR v2 fine-tunes from there)."""
-    hiddens, _, _ = self._net(None).apply(
+    _, (_, hiddens), _, _ = self.net(None).apply(
         {"params": params, "batch_stats": batch_stats}, images, train=False)
-    return hiddens[self.config.get("representation_layer", 0)]
+    return hiddens[self.config.simclr.representation_layer]  # hiddens[0]: the encoder's
 
 
 METHODS = {"simclr": SimCLR}

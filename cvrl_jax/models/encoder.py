@@ -32,14 +32,12 @@ def make_encoder(model: ml_collections.ConfigDict, axis_name: Optional[str]) -> 
   backward pass: less activation memory for larger per-device batches.
   """
   m = model
-  name = m.get("name", "resnet")
-  dtype, remat = compute_dtype(m.get("dtype", "auto")), m.get("remat", False)
-  if name == "vit":
+  dtype = compute_dtype(m.dtype)
+  if m.name == "vit":
     return ViT(width=m.width, depth=m.depth, num_heads=m.num_heads, patch_size=m.patch_size,
-               frozen_patch_embed=m.get("frozen_patch_embed", False), dtype=dtype,
-               remat=remat)
-  if name != "resnet":
-    raise ValueError(f"config.model.name={name!r}: use 'resnet' or 'vit'.")
+               frozen_patch_embed=m.frozen_patch_embed, dtype=dtype, remat=m.remat)
+  if m.name != "resnet":
+    raise ValueError(f"config.model.name={m.name!r}: use 'resnet' or 'vit'.")
   return ResNet(depth=m.depth, width_multiplier=m.width_multiplier,
-                sk_ratio=m.get("sk_ratio", 0.0), stem=m.stem, axis_name=axis_name,
-                bn_momentum=m.get("bn_momentum", 0.9), dtype=dtype, remat=remat)
+                sk_ratio=m.sk_ratio, stem=m.stem, axis_name=axis_name,
+                bn_momentum=m.bn_momentum, dtype=dtype, remat=m.remat)

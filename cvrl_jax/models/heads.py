@@ -15,19 +15,22 @@ class MLPHead(nn.Module):
   is set, like the encoder's.
 
   Returns the output and the list of activations [input, after layer 1, ...]:
-  SimCLR v2 fine-tunes from the first hidden layer.
+  SimCLR v2 fine-tunes from the first hidden layer. ``hidden_only``: every layer
+  is a hidden one (BN with offset, ReLU), as the first layers of a longer head
+  are (an evaluation's ``Classifier`` keeps those of a pre-trained head).
   """
   dims: Sequence[int]
   use_bn: bool = True
   last_bn: bool = True
   axis_name: Optional[str] = None
   bn_momentum: float = 0.9
+  hidden_only: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, list[jax.Array]]:
     hiddens = [x]
     for i, dim in enumerate(self.dims):
-      last = i == len(self.dims) - 1
+      last = i == len(self.dims) - 1 and not self.hidden_only
       bn = self.use_bn and (self.last_bn or not last)
       x = nn.Dense(dim, use_bias=not bn, name=f"dense_{i}")(x)
       if bn:

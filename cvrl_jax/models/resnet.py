@@ -154,21 +154,36 @@ def _bn(m: nn.Module, train: bool, zero_init: bool = False, name: str | None = N
   )
 
 
-class SelectiveKernelConv(nn.Module):
+class _Settings(nn.Module):
+  """What the ResNet passes on to every unit it builds: selective kernels, and the
+  BatchNorm and compute settings (``_bn`` reads them)."""
+
+  sk_ratio: float = 0.0
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  axis_name: str | None = None
+  dtype: Any = jnp.float32
+
+  def settings(self) -> dict[str, Any]:
+    return dict(sk_ratio=self.sk_ratio, bn_momentum=self.bn_momentum,
+                bn_epsilon=self.bn_epsilon, axis_name=self.axis_name, dtype=self.dtype)
+
+
+class _Unit(_Settings):
+  """A residual block or a selective-kernel conv: output width and stride."""
+
+  filters: int = 64
+  strides: int = 1
+
+
+class SelectiveKernelConv(_Unit):
   """SimCLR v2 selective-kernel conv replacing a 3x3 conv (+BN+ReLU).
 
   Outputs ``filters`` channels. Ends with the BN+ReLU of its two paths (as
   SimCLR v2's ``sk_conv2d``), so callers add no BN/ReLU after it.
   """
 
-  filters: int
-  strides: int = 1
-  sk_ratio: float = 0.0625
   min_dim: int = 32
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  axis_name: str | None = None
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -188,14 +203,10 @@ class SelectiveKernelConv(nn.Module):
     return (paths * weights.astype(paths.dtype)).sum(axis=0)
 
 
-class _BlockBase(nn.Module):
-  filters: int  # 3x3 conv width; block output = expansion*filters
-  strides: int = 1
-  sk_ratio: float = 0.0
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  axis_name: str | None = None
-  dtype: Any = jnp.float32
+class _BlockBase(_Unit):
+  """A residual block: ``relu(branch(x) + shortcut(x))``; subclasses define the branch
+  (ending in a BN whose scale starts at 0) and its ``expansion``. ``filters`` is
+  the 3x3 conv's width; the block outputs ``expansion * filters`` channels."""
 
   def conv3x3_bn_relu(self, x, strides: int, train: bool, conv_name: str, bn_name: str):
     """3x3 conv + BN + ReLU, or a selective-kernel conv when ``sk_ratio > 0``.
@@ -205,18 +216,20 @@ class _BlockBase(nn.Module):
     and there is no ``bn_name`` entry.
     """
     if self.sk_ratio > 0:
-      return SelectiveKernelConv(
-        self.filters,
-        strides,
-        self.sk_ratio,
-        bn_momentum=self.bn_momentum,
-        bn_epsilon=self.bn_epsilon,
-        axis_name=self.axis_name,
-        dtype=self.dtype,
-        name=conv_name,
-      )(x, train)
+      return SelectiveKernelConv(filters=self.filters, strides=strides, name=conv_name,
+                                 **self.settings())(x, train)
     x = _conv(self.filters, 3, strides, self.dtype, name=conv_name)(x)
     return nn.relu(_bn(self, train, name=bn_name)(x))
+
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    residual = self.shortcut(x, self.expansion * self.filters, train)
+    return nn.relu(self.branch(x, train) + residual)
+
+  def branch(self, x, train: bool):
+    raise NotImplementedError
 
   def shortcut(self, x, out_features: int, train: bool):
     """Identity, or projection (1x1 conv + BN) when shape changes."""
@@ -245,13 +258,10 @@ class BasicBlock(_BlockBase):
 
   expansion = 1
 
-  @nn.compact
-  def __call__(self, x, train: bool):
-    residual = self.shortcut(x, self.filters, train)
+  def branch(self, x, train: bool):
     y = self.conv3x3_bn_relu(x, self.strides, train, "conv1", "bn1")
     y = _conv(self.filters, 3, 1, self.dtype, name="conv2")(y)
-    y = _bn(self, train, zero_init=True, name="bn2")(y)
-    return nn.relu(y + residual)
+    return _bn(self, train, zero_init=True, name="bn2")(y)
 
 
 class BottleneckBlock(_BlockBase):
@@ -259,19 +269,15 @@ class BottleneckBlock(_BlockBase):
 
   expansion = 4
 
-  @nn.compact
-  def __call__(self, x, train: bool):
-    out = 4 * self.filters
-    residual = self.shortcut(x, out, train)
+  def branch(self, x, train: bool):
     y = _conv(self.filters, 1, 1, self.dtype, name="conv1")(x)
     y = nn.relu(_bn(self, train, name="bn1")(y))
     y = self.conv3x3_bn_relu(y, self.strides, train, "conv2", "bn2")
-    y = _conv(out, 1, 1, self.dtype, name="conv3")(y)
-    y = _bn(self, train, zero_init=True, name="bn3")(y)
-    return nn.relu(y + residual)
+    y = _conv(self.expansion * self.filters, 1, 1, self.dtype, name="conv3")(y)
+    return _bn(self, train, zero_init=True, name="bn3")(y)
 
 
-class ResNet(nn.Module):
+class ResNet(_Settings):
   """ResNet encoder returning globally average-pooled features ``[N, C]`` (float32).
 
   ``C == feature_dim(depth, width_multiplier)``. Variables: ``params`` (always
@@ -291,13 +297,8 @@ class ResNet(nn.Module):
 
   depth: int = 50
   width_multiplier: int | float = 1
-  sk_ratio: float = 0.0
   stem: str = "imagenet"
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  axis_name: str | None = None
-  dtype: Any = jnp.float32
-  remat: bool = False
+  remat: bool = False  # (and _Settings' sk_ratio, BatchNorm settings, dtype)
 
   @nn.compact
   def __call__(self, x, train: bool) -> jax.Array:
@@ -335,16 +336,8 @@ class ResNet(nn.Module):
       filters = _channels(64 * 2**stage, w)
       for i in range(n_blocks):
         strides = 2 if (i == 0 and stage > 0) else 1
-        x = block_cls(
-          filters=filters,
-          strides=strides,
-          sk_ratio=self.sk_ratio,
-          bn_momentum=self.bn_momentum,
-          bn_epsilon=self.bn_epsilon,
-          axis_name=self.axis_name,
-          dtype=self.dtype,
-          name=f"stage{stage + 1}_block{i + 1}",
-        )(x, train)
+        x = block_cls(filters=filters, strides=strides,
+                      name=f"stage{stage + 1}_block{i + 1}", **self.settings())(x, train)
 
     # ---- global average pool (in float32), no classifier
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))

@@ -45,13 +45,8 @@ def main(argv):
   print(f"Wrote {counts['train']} train and {counts['test']} test images to {flags.FLAGS.out}.")
 
 
-def cli() -> None:
-  """``python -m cvrl_jax.tools.digits_folder``."""
+if __name__ == "__main__":
   flags.DEFINE_string("out", None, "Folder to write train/ and test/ into.")
   flags.DEFINE_integer("size", 32, "Side of the written images, in pixels.")
   flags.mark_flag_as_required("out")
   app.run(main)
-
-
-if __name__ == "__main__":
-  cli()

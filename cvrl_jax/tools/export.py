@@ -47,10 +47,10 @@ Mapping to torchvision
 ``downsample.0``/``downsample.1``; BN ``scale, bias, mean, var`` -> ``weight, bias,
 running_mean, running_var`` and ``num_batches_tracked`` = the training step. Both
 libraries compute ``(x - mean) / sqrt(var + eps) * gamma + beta`` at eval, with
-``eps = 1e-5`` on both sides here (cvrl_jax's ResNet default; other values are
-refused). The BN momentum conventions differ (flax keeps ``m = 0.9`` of the old
-average, torch ``momentum = 0.1`` of the new batch): the same rule, which matters
-only if training continues in torch. Both are ResNet v1.5 with symmetric padding,
+``eps = 1e-5`` on both sides (cvrl_jax's ResNet's, torch's default). The BN
+momentum conventions differ (flax keeps ``m = 0.9`` of the old average, torch
+``momentum = 0.1`` of the new batch): the same rule, which matters only if
+training continues in torch. Both are ResNet v1.5 with symmetric padding,
 so outputs agree to float rounding. torchvision has no width multiplier, no
 selective kernels and no ResNet-200: such encoders are refused (use ``.npz``).
 The CIFAR stem (3x3/1 conv, no max-pool) fits after changing two modules:
@@ -70,12 +70,13 @@ import ml_collections
 import numpy as np
 
 from cvrl_jax import checkpoint
+from cvrl_jax import config as config_lib
 from cvrl_jax.methods import base
+from cvrl_jax.models import ResNet
 
 FORMATS = (".npz", ".safetensors", ".pt")
 LAYOUTS = ("cvrl", "torchvision")
 TORCHVISION_DEPTHS = (18, 34, 50, 101, 152)
-TORCH_BN_EPSILON = 1e-5
 INPUT_NOTE = "RGB, float in [0, 1], no mean/std normalisation; pooled features out"
 _METADATA_KEY = "__metadata__"
 _BN_TO_TORCH = {"scale": "weight", "bias": "bias", "mean": "running_mean",
@@ -147,31 +148,27 @@ def metadata(config: ml_collections.ConfigDict, step: int, layout: str) -> dict[
   """String-valued metadata (safetensors' header only holds strings)."""
   model = config.model.to_dict()
   return {"format": "cvrl_jax.encoder", "layout": layout, "model": json.dumps(model),
-          "method": str(config.get("method", "")), "step": str(step),
-          "bn_epsilon": str(model.get("bn_epsilon", TORCH_BN_EPSILON)), "input": INPUT_NOTE}
+          "method": config.method, "step": str(step),
+          "bn_epsilon": str(ResNet.bn_epsilon), "input": INPUT_NOTE}
 
 
-def check_torchvision_compatible(model: ml_collections.ConfigDict | dict) -> None:
+def check_torchvision_compatible(model: ml_collections.ConfigDict) -> None:
   """Raises, naming the reason and the way out, when torchvision has no such ResNet."""
-  get = model.get
   fix = " Export to .npz or .safetensors (cvrl layout) instead, which holds any encoder."
-  if get("name", "resnet") != "resnet":
-    raise ValueError(f"A {get('name')!r} encoder has no torchvision ResNet counterpart.{fix}")
-  if get("depth") not in TORCHVISION_DEPTHS:
-    raise ValueError(f"torchvision has no ResNet-{get('depth')} (it has "
+  if model.name != "resnet":
+    raise ValueError(f"A {model.name!r} encoder has no torchvision ResNet counterpart.{fix}")
+  if model.depth not in TORCHVISION_DEPTHS:
+    raise ValueError(f"torchvision has no ResNet-{model.depth} (it has "
                      f"{TORCHVISION_DEPTHS}).{fix}")
-  if float(get("width_multiplier", 1)) != 1.0:
+  if float(model.width_multiplier) != 1.0:
     raise ValueError(
-        f"width_multiplier={get('width_multiplier')}: torchvision's ResNets have width 1 "
+        f"width_multiplier={model.width_multiplier}: torchvision's ResNets have width 1 "
         f"only (its wide_resnet widens the bottleneck's inner convs, not the network).{fix}")
-  if float(get("sk_ratio", 0.0)) > 0:
-    raise ValueError(f"sk_ratio={get('sk_ratio')}: torchvision has no selective-kernel "
+  if float(model.sk_ratio) > 0:
+    raise ValueError(f"sk_ratio={model.sk_ratio}: torchvision has no selective-kernel "
                      f"ResNets (SimCLR v2's R50-SK and wider).{fix}")
-  if get("stem", "imagenet") not in ("imagenet", "cifar"):
-    raise ValueError(f"Unknown stem {get('stem')!r}.")
-  if float(get("bn_epsilon", TORCH_BN_EPSILON)) != TORCH_BN_EPSILON:
-    raise ValueError(f"bn_epsilon={get('bn_epsilon')} differs from torch's default "
-                     f"{TORCH_BN_EPSILON}: set `eps` of every BatchNorm2d yourself.{fix}")
+  if model.stem not in ("imagenet", "cifar"):
+    raise ValueError(f"Unknown stem {model.stem!r}.")
 
 
 def _torch_module(path: list[str]) -> str:
@@ -243,7 +240,9 @@ def torchvision_resnet(depth: int, stem: str = "imagenet"):
   the max-pool, as cvrl_jax's CIFAR stem.
   """
   import torch  # pylint: disable=import-outside-toplevel
-  check_torchvision_compatible({"depth": depth, "stem": stem})
+  model_config = config_lib.model_section()
+  model_config.update(depth=depth, stem=stem)
+  check_torchvision_compatible(model_config)
   model = getattr(import_torchvision().models, f"resnet{depth}")()
   if stem == "cifar":
     model.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
@@ -306,9 +305,9 @@ def export(workdir: str, out: str, step: Optional[int] = None,
 
 def describe_model(model: ml_collections.ConfigDict) -> str:
   """``ResNet-18 x0.25 cifar-stem``, ``ViT-12x384/16``: a short name for tables."""
-  if model.get("name", "resnet") == "vit":
+  if model.name == "vit":
     return f"ViT-{model.depth}x{model.width}/{model.patch_size}"
-  sk = " SK" if float(model.get("sk_ratio", 0)) > 0 else ""
+  sk = " SK" if float(model.sk_ratio) > 0 else ""
   return f"ResNet-{model.depth} x{model.width_multiplier:g}{sk} {model.stem}-stem"
 
 
@@ -348,12 +347,7 @@ def _define_flags():
   flags.mark_flags_as_required(["workdir", "out"])
 
 
-def cli() -> None:
-  """``python -m cvrl_jax.tools.export``."""
+if __name__ == "__main__":
   from absl import app  # pylint: disable=import-outside-toplevel
   _define_flags()
   app.run(main)
-
-
-if __name__ == "__main__":
-  cli()

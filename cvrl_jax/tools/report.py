@@ -149,12 +149,7 @@ def _define_flags() -> None:
                     f"{', '.join(HIDDEN)}).")
 
 
-def cli() -> None:
-  """``python -m cvrl_jax.tools.report``."""
+if __name__ == "__main__":
   from absl import app  # pylint: disable=import-outside-toplevel
   _define_flags()
   app.run(main)
-
-
-if __name__ == "__main__":
-  cli()

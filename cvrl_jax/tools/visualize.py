@@ -180,7 +180,7 @@ def _features_fn(run: export.Run):
   probe = run.params.get("probe", {}).get("kernel")
   num_classes = probe.shape[-1] if probe is not None else 1
   method = methods.get_method(run.config, num_classes,
-                              total_steps=max(run.config.get("total_steps") or 1, 1))
+                              total_steps=run.config.total_steps or 1)
   params, batch_stats = jax.device_put((run.params, run.batch_stats))
   return jax.jit(lambda images: method.features(params, batch_stats, images))
 
@@ -208,7 +208,7 @@ def retrieval_picture(run: export.Run, num_queries: int = 6, k: int = 8,
   """Queries drawn (``seed``) from the eval split's first ``query_pool`` images; the
   bank is the train split's first ``bank_size`` (default: the run's kNN bank)."""
   config = run.config
-  bank_size = bank_size or config.knn.get("num_train_examples") or None
+  bank_size = bank_size or config.knn.num_train_examples or None
   features = _features_fn(run)
   batch_fn = lambda b: (features(b["image"]), b["label"])
   bank, bank_labels = knn.extract(batch_fn, _dataset(config, config.train_split, bank_size,
@@ -279,12 +279,7 @@ def _define_flags() -> None:
   flags.mark_flags_as_required(["out"])
 
 
-def cli() -> None:
-  """``python -m cvrl_jax.tools.visualize``."""
+if __name__ == "__main__":
   from absl import app  # pylint: disable=import-outside-toplevel
   _define_flags()
   app.run(main)
-
-
-if __name__ == "__main__":
-  cli()
