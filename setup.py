@@ -24,7 +24,7 @@ setuptools.setup(
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": [
-        "pytest>=8", "pytest-xdist>=3",
+        "pytest>=8", "pytest-xdist>=3.8",
         # Export tests: torch's CPU build installs from the local wheel folder
         # (find-links); the pins keep pip from choosing a newer CUDA build.
         "torch==2.13.0", "torchvision==0.28.0", "safetensors>=0.4",

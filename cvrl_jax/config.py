@@ -46,6 +46,7 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   c.eval_split = "validation"
   c.num_train_examples = 0     # 0: the whole split; else its first N (quick runs)
   c.cache = False              # cache decoded images in memory (small datasets)
+  c.skip_bad_images = False    # image folders: leave out files that are not whole images
   c.shuffle_buffer = 50_000
   c.image_size = 224
   c.eval_crop_proportion = 0.875

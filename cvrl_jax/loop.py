@@ -11,7 +11,9 @@ names the data and the fix, and between logs nothing waits for the device
 compilation included), evaluations excluded: time to accuracy.
 
 Config keys read here: ``log_every_steps``, ``checkpoint_every_steps``,
-``max_to_keep``, ``batch_size`` (for images/s) and ``dataset`` (in messages).
+``max_to_keep``, ``batch_size`` (for images/s), ``dataset`` (in messages) and, for
+image folders, ``skip_bad_images`` with the splits (``bad_images_skipped``, written
+once at the start).
 """
 
 import contextlib
@@ -30,6 +32,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from cvrl_jax import checkpoint
+from cvrl_jax.data import sources
 
 StepFn = Callable[[Any, Any], tuple[Any, dict]]      # (state, host batch) -> (state, metrics)
 EvalFn = Callable[[Any, int], dict[str, float]]     # (state, step) -> scalars to write
@@ -93,13 +96,21 @@ class StepRate:
 
 
 class Preemption:
-  """Turns SIGTERM (a preempted TPU VM) into 'save a checkpoint, then stop'."""
+  """Turns SIGTERM (a preempted TPU VM) into 'save a checkpoint, then stop'.
+
+  In a multi-process run no Python handler is installed: JAX's preemption service
+  (``jax.distributed``) receives the SIGTERM of any one process, and every process
+  learns from ``mngr.reached_preemption(step)`` at the same agreed step, saves
+  there collectively and stops.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
 
   def __enter__(self):
+    if jax.process_count() > 1:
+      return self
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread: no handler, orbax's sync point only
@@ -238,6 +249,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, state: Any, *,
   writer = create_writer(workdir)
   if start_step == 0 and hparams:
     writer.write_hparams(hparams)
+  skipped = sources.bad_images_skipped(config, (config.train_split, config.eval_split))
+  if skipped:
+    with writing("metrics", workdir, mngr=mngr):
+      writer.write_scalars(start_step, {"bad_images_skipped": skipped})
 
   summary: dict[str, float] = {}
   clock = TrainClock()

@@ -37,6 +37,12 @@ def _on_tpu_host() -> bool:
   return bool(chips) and importlib.util.find_spec("libtpu") is not None
 
 
+# A process whose peer has sent no heartbeat for this long ends (JAX's default: 100 s).
+# Long enough for any compile or checkpoint (heartbeats come from a thread of their
+# own), short enough that a dead host does not hold a pod slice for minutes.
+HEARTBEAT_TIMEOUT_S = 60
+
+
 def initialize_distributed(environ: Optional[Mapping[str, str]] = None,
                            on_tpu_host: Optional[bool] = None) -> bool:
   """Joins a multi-process run before JAX's first use; returns whether it joined.
@@ -60,13 +66,17 @@ def initialize_distributed(environ: Optional[Mapping[str, str]] = None,
       return False
     jax.distributed.initialize(coordinator_address=explicit[COORDINATOR_ENV],
                                num_processes=num_processes,
-                               process_id=int(explicit[PROCESS_ID_ENV]))
+                               process_id=int(explicit[PROCESS_ID_ENV]),
+                               heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
   elif _on_tpu_host() if on_tpu_host is None else on_tpu_host:
-    jax.distributed.initialize()
+    jax.distributed.initialize(heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
   else:
     return False
-  logging.info("Joined a %d-process run as process %d.", jax.process_count(),
-               jax.process_index())
+  logging.warning(
+      "Joined a %d-process run as process %d. If a process dies, the others stop "
+      "within %d s (JAX: 'another task died'): then start every process again with the "
+      "same command, and the run resumes from its latest checkpoint.",
+      jax.process_count(), jax.process_index(), HEARTBEAT_TIMEOUT_S)
   return True
 
 

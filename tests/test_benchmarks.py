@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -154,3 +155,38 @@ def test_time_to_accuracy_records_a_curve_per_run(tmp_path):
     assert {r["step"] for r in rows if "train_seconds" in r} == {0, 2, 4}
   assert (out / "time_to_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert "simclr: kNN" in proc.stdout and "again: kNN" in proc.stdout
+
+
+def test_long_run_watch_finds_the_trainer_and_bounds_growth(tmp_path):
+  """The leak watch of benchmarks/long_run.py: it finds the training process in a
+  tree, reads its resources, and fails growth past the bounds (the 2,000-step
+  figures are in docs/benchmarks.md)."""
+  from benchmarks import long_run
+  (tmp_path / "sleeper.py").write_text("import time\ntime.sleep(30)\n")
+  shell = subprocess.Popen(["bash", "-c", '"$PY" "$SCRIPT" "$ARG" & wait'],
+                           env={**os.environ, "PY": sys.executable, "ARG": "cvrl_jax.main",
+                                "SCRIPT": str(tmp_path / "sleeper.py")})
+  try:
+    for _ in range(100):
+      pid = long_run.trainer(shell.pid)
+      if pid:
+        break
+      time.sleep(0.05)
+    assert pid and pid != shell.pid
+    s = long_run.sample(pid)
+    assert s["rss_mib"] > 1 and s["fds"] >= 3 and s["threads"] >= 1
+  finally:
+    subprocess.run(["pkill", "-P", str(shell.pid)])
+    shell.wait()
+  assert long_run.sample(pid) is None  # gone
+
+  def run(rss, fds=10, threads=20):
+    return [{"rss_mib": r, "fds": fds, "threads": threads} for r in rss]
+  flat = run([900] * 10 + [1000] * 30)
+  bounds = dict(warmup=0.25, max_rss_growth=0.05, max_new_fds=0, max_new_threads=0)
+  assert long_run.verdict(flat, **bounds)["ok"]
+  growing = run([900] * 10 + [1000 + 5 * i for i in range(30)])
+  assert not long_run.verdict(growing, **bounds)["ok"]
+  leaking = flat[:20] + run([1000] * 20, fds=11)
+  assert long_run.verdict(leaking, **bounds)["new_fds"] == 1
+  assert not long_run.verdict(leaking, **bounds)["ok"]

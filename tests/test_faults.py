@@ -6,9 +6,10 @@ import shutil
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from helpers import fake_workdir, losses_by_step, preempted_run, tiny_config
+from helpers import fake_workdir, losses_by_step, preempted_run, read_metrics, tiny_config
 
 from cvrl_jax import checkpoint, loop, parallel, train
+from cvrl_jax.data import sources
 from cvrl_jax.evaluation import pretrained as pretrained_lib
 from cvrl_jax.tools import export
 
@@ -179,3 +180,75 @@ def test_a_full_disk_is_named_and_the_checkpoints_before_it_stay_readable(tmp_pa
 if __name__ == "__main__":
   import sys
   _disk_full_run(sys.argv[1], sys.argv[2])
+
+
+def _image_folder(root, per_class=12):
+  """root/{train,test}/{cat,dog}/*.jpg|png of random pixels."""
+  import tensorflow as tf
+  for split, n in (("train", per_class), ("test", 4)):
+    for label in ("cat", "dog"):
+      (root / split / label).mkdir(parents=True)
+      for i in range(n):
+        img = np.random.default_rng(i).integers(0, 255, (20, 24, 3), np.uint8)
+        data = tf.io.encode_png(img) if i % 2 else tf.io.encode_jpeg(img)
+        tf.io.write_file(str(root / split / label / f"{i}.{'png' if i % 2 else 'jpg'}"), data)
+  return root
+
+
+def _spoil(root):
+  """A truncated JPEG, a zero-byte file and a text file with an image extension."""
+  jpeg = root / "train" / "cat" / "0.jpg"
+  jpeg.write_bytes(jpeg.read_bytes()[:len(jpeg.read_bytes()) // 2])
+  (root / "train" / "dog" / "empty.jpg").write_bytes(b"")
+  (root / "train" / "dog" / "notes.png").write_text("not an image\n" * 20)
+  return [str(jpeg), str(root / "train" / "dog" / "empty.jpg"),
+          str(root / "train" / "dog" / "notes.png")]
+
+
+def _folder_config(root, **overrides):
+  return tiny_config(dataset="image_folder", data_dir=str(root), num_train_examples=0,
+                     total_steps=2, **overrides)
+
+
+def test_an_image_folder_reads_as_tfds_image_folder_does(tmp_path):
+  """Same files, order, labels and pixels as tfds.ImageFolder (which we replaced to
+  check every file before reading)."""
+  import tensorflow_datasets as tfds
+  root = _image_folder(tmp_path / "images")
+  theirs = list(tfds.as_numpy(tfds.ImageFolder(str(root)).as_dataset(split="train",
+                                                                       shuffle_files=False)))
+  config = _folder_config(root)
+  ours = list(tfds.as_numpy(sources.image_folder(config, "train")))
+  paths, _ = sources.image_folder_files(config, "train")
+  assert [t["image/filename"].decode() for t in theirs] == list(paths)
+  assert [t["label"] for t in theirs] == [o["label"] for o in ours]
+  for t, o in zip(theirs, ours):
+    np.testing.assert_array_equal(t["image"], o["image"])
+  assert sources.num_examples(config, "train") == 24
+
+
+def test_bad_images_stop_the_run_naming_each_file(tmp_path):
+  root = _image_folder(tmp_path / "images")
+  bad = _spoil(root)
+  with pytest.raises(ValueError) as e:
+    train.train_and_evaluate(_folder_config(root), str(tmp_path / "run"))
+  message = str(e.value)
+  assert "3 of the 26 files" in message and "--config.skip_bad_images=True" in message
+  for path, why in zip(bad, ("a truncated JPEG", "an empty file", "not a JPEG or PNG")):
+    assert f"{path}: {why}" in message
+  assert not _steps(tmp_path / "run")  # stopped before any step
+
+
+def test_skip_bad_images_leaves_them_out_and_counts_them(tmp_path, caplog):
+  root = _image_folder(tmp_path / "images")
+  bad = _spoil(root)
+  caplog.set_level("WARNING")
+  train.train_and_evaluate(_folder_config(root, skip_bad_images=True), str(tmp_path / "run"))
+  rows = read_metrics(tmp_path / "run")
+  assert [r["bad_images_skipped"] for r in rows if "bad_images_skipped" in r] == [3]
+  assert max(r["step"] for r in rows) == 2
+  for path in bad:
+    assert any(path in r.getMessage() for r in caplog.records)
+  config = _folder_config(root, skip_bad_images=True)
+  assert sources.num_examples(config, "train") == 23 and not set(bad) & set(
+      sources.image_folder_files(config, "train")[0])

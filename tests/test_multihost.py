@@ -25,7 +25,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 600
-STEPS = 3
+STEPS = 6  # checkpoints at 2, 4 and 6
+FAULT_ENV = "CVRL_TEST_FAULT"  # "SIGNAL:PROCESS:STEP": that process signals itself then
 
 
 def _fixed_global_batches(config, local_batch: int, start_step: int):
@@ -64,6 +65,28 @@ def _shard_hashes(config) -> list[str]:
   return out
 
 
+def _inject(signal_name: str, process: str, step: str) -> None:
+  """Process ``process`` sends itself ``signal_name`` just before its step ``step``."""
+  import signal
+
+  import jax
+  from cvrl_jax import step as step_lib
+  if jax.process_index() != int(process):
+    return
+  make_step = step_lib.make_train_step
+
+  def signalled_at(*args):
+    step_fn, calls = make_step(*args), []
+
+    def wrapped(*a):
+      calls.append(1)
+      if len(calls) == int(step):
+        os.kill(os.getpid(), getattr(signal, signal_name))
+      return step_fn(*a)
+    return wrapped
+  step_lib.make_train_step = signalled_at
+
+
 def worker(workdir: str) -> None:
   """One process of a run: joins the run (if the environment says so), trains."""
   import jax
@@ -77,10 +100,17 @@ def worker(workdir: str) -> None:
 
   pipeline.train_dataset = _fixed_global_batches
   runs = {"simclr": tiny_config(), "moco_v2": tiny_moco_config(moco_v2)}
+  fault = os.environ.get(FAULT_ENV)
+  if fault is not None:  # SimCLR alone, with the fault injected ("" for none: a restart)
+    runs = {"simclr": runs["simclr"]}
+    if fault:
+      _inject(*fault.split(":"))
   for name, config in runs.items():
-    config.update(total_steps=STEPS, num_devices=0)
+    config.update(total_steps=STEPS, num_devices=0, checkpoint_every_steps=2)
     config.knn.update(num_train_examples=128, num_eval_examples=64, batch_size=32)
     train.train_and_evaluate(config, os.path.join(workdir, name))
+  if fault is not None:
+    return
   with open(os.path.join(workdir, f"shard_{jax.process_index()}.json"), "w") as f:
     json.dump({"hashes": _shard_hashes(runs["simclr"]), "devices": jax.device_count(),
                "local_devices": jax.local_device_count()}, f)
@@ -92,24 +122,31 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(workdir, num_processes: int, devices_per_process: int) -> None:
-  """Starts ``num_processes`` workers on loopback and waits for all of them."""
+def _start(workdir, num_processes: int, devices_per_process: int, **env_extra):
+  """Starts ``num_processes`` workers on loopback (``env_extra`` in their environment)."""
   env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2",
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}"}
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}",
+         **env_extra}
   for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
     env.pop(k, None)
   if num_processes > 1:
     env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}",
                JAX_NUM_PROCESSES=str(num_processes))
   script = os.path.abspath(__file__)
-  procs = [subprocess.Popen([sys.executable, script, str(workdir)], cwd=ROOT,
-                            env={**env, "JAX_PROCESS_ID": str(i)} if num_processes > 1
-                            else env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True) for i in range(num_processes)]
-  failed = []
+  return [subprocess.Popen([sys.executable, script, str(workdir)], cwd=ROOT,
+                           env={**env, "JAX_PROCESS_ID": str(i)} if num_processes > 1
+                           else env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True) for i in range(num_processes)]
+
+
+def _launch(workdir, num_processes: int, devices_per_process: int, **env_extra) -> list[str]:
+  """Runs ``num_processes`` workers to the end; every one must succeed. Their outputs."""
+  procs = _start(workdir, num_processes, devices_per_process, **env_extra)
+  failed, outputs = [], []
   try:
     for i, p in enumerate(procs):
       out, _ = p.communicate(timeout=TIMEOUT_S)
+      outputs.append(out)
       if p.returncode:
         failed.append(f"--- process {i} exited {p.returncode}:\n{out[-4000:]}")
   finally:
@@ -117,6 +154,7 @@ def _launch(workdir, num_processes: int, devices_per_process: int) -> None:
       if p.poll() is None:
         p.kill()
   assert not failed, "\n".join(failed)
+  return outputs
 
 
 @pytest.mark.parametrize("env, joins", [
@@ -134,7 +172,7 @@ def test_initialize_distributed_joins_only_when_told(monkeypatch, env, joins):
   monkeypatch.setattr(jax, "process_count", lambda: 4)
   assert parallel.initialize_distributed(env, on_tpu_host=False) == joins
   assert calls == ([{"coordinator_address": "10.0.0.2:8476", "num_processes": 4,
-                     "process_id": 3}] if joins else [])
+                     "process_id": 3, "heartbeat_timeout_seconds": 60}] if joins else [])
 
 
 def test_initialize_distributed_auto_detects_on_a_tpu_vm(monkeypatch):
@@ -143,7 +181,8 @@ def test_initialize_distributed_auto_detects_on_a_tpu_vm(monkeypatch):
   calls = []
   monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
   assert parallel.initialize_distributed({}, on_tpu_host=True)
-  assert calls == [{}]  # JAX reads the slice's workers from the TPU VM metadata
+  # JAX reads the slice's workers from the TPU VM metadata
+  assert calls == [{"heartbeat_timeout_seconds": 60}]
 
 
 def test_incomplete_multi_process_settings_are_refused():
@@ -181,7 +220,7 @@ def _restore_as_numpy(checkpoints) -> dict:
   """A checkpoint written by any number of processes, read back as host arrays."""
   import jax
   import orbax.checkpoint as ocp
-  assert os.listdir(checkpoints) == [str(STEPS)]
+  assert sorted(os.listdir(checkpoints), key=int) == ["2", "4", str(STEPS)]
   path = checkpoints / str(STEPS) / "default"
   ckptr = ocp.PyTreeCheckpointer()
   tree = ckptr.metadata(path).item_metadata.tree
@@ -217,6 +256,66 @@ def test_only_process_zero_writes_logs(runs):
   events = [f for f in os.listdir(two / "simclr") if f.startswith("events.out")]
   assert len(events) == 1  # one TensorBoard file, from process 0
   assert (two / "simclr" / "config.json").exists()
+
+
+def _losses(workdir) -> dict[int, float]:
+  """Loss by step; a step trained again after a restart counts as the last time."""
+  return {r["step"]: r["loss"] for r in _metrics(workdir) if "loss" in r}
+
+
+def test_a_dead_process_stops_the_other_which_names_it_and_a_restart_resumes(
+    runs, tmp_path):
+  """kill -9 of process 1 before its step 4: process 0 exits by itself once process 1
+  has missed parallel.HEARTBEAT_TIMEOUT_S of heartbeats, saying a peer died; both started again resume from step 2 (the last complete
+  checkpoint) and train the uninterrupted run's losses."""
+  import time
+  procs = _start(tmp_path, 2, 4, **{FAULT_ENV: "SIGKILL:1:4"})
+  try:
+    procs[1].communicate(timeout=TIMEOUT_S)
+    died = time.monotonic()
+    assert procs[1].returncode == -9
+    survivor, _ = procs[0].communicate(timeout=TIMEOUT_S)
+    waited = time.monotonic() - died
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  from cvrl_jax import parallel
+  assert procs[0].returncode != 0
+  assert waited < parallel.HEARTBEAT_TIMEOUT_S + 60, waited
+  # JAX's coordination service ends it, saying why; our start-up line says what to do.
+  assert "another task died" in survivor, survivor[-3000:]
+  assert "start every process again with the same command" in survivor
+  assert sorted(os.listdir(tmp_path / "simclr" / "checkpoints")) == ["2"]
+  print(f"the survivor exited {waited:.0f} s after its peer died")
+
+  _launch(tmp_path, 2, 4, **{FAULT_ENV: ""})
+  logged = [r["step"] for r in _metrics(tmp_path / "simclr") if "loss" in r]
+  assert logged == [1, 2, 3, 3, 4, 5, 6], logged  # steps 3-6 again, from step 2
+  resumed, straight = _losses(tmp_path / "simclr"), _losses(runs[1] / "simclr")
+  assert sorted(resumed) == list(range(1, STEPS + 1))
+  for step in range(3, STEPS + 1):
+    assert resumed[step] == pytest.approx(straight[step], rel=1e-6), step
+
+
+def test_sigterm_on_one_process_stops_all_at_one_step_with_one_checkpoint(runs, tmp_path):
+  """Process 1 alone gets SIGTERM (one worker of a slice preempted) before its step 3:
+  both processes stop at the same step after saving it together, exit cleanly, and the
+  restart resumes there with the uninterrupted run's losses."""
+  import re
+  outputs = _launch(tmp_path, 2, 4, **{FAULT_ENV: "SIGTERM:1:3"})
+  stops = [re.findall(r"Stopped at step (\d+) after preemption", out) for out in outputs]
+  assert stops[0] and stops[0] == stops[1], [o[-2000:] for o in outputs]
+  stop = int(stops[0][0])
+  assert 3 <= stop < STEPS
+  saved = sorted(int(n) for n in os.listdir(tmp_path / "simclr" / "checkpoints"))
+  assert saved[-1] == stop
+
+  _launch(tmp_path, 2, 4, **{FAULT_ENV: ""})
+  resumed, straight = _losses(tmp_path / "simclr"), _losses(runs[1] / "simclr")
+  assert sorted(resumed) == list(range(1, STEPS + 1))
+  for step in range(stop + 1, STEPS + 1):
+    assert resumed[step] == pytest.approx(straight[step], rel=1e-6), step
 
 
 if __name__ == "__main__":

@@ -4,17 +4,24 @@ Nothing is ever downloaded: a dataset that is not prepared where the config
 points fails at once with a message saying how to prepare it.
 """
 
+import functools
 import os
+import random
 from typing import Optional
 
 import jax
 import ml_collections
+from absl import logging
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 IMAGE_FOLDER = "image_folder"
 ID_FEATURES = ("id", "file_name", "image/filename")  # how TFDS names an image, if it does
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # the files tfds.ImageFolder lists
+_HEADERS = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
+_ENDS = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}  # end-of-image marker / last chunk
+_TAIL_BYTES = 1024  # where the end marker must be (JPEGs may carry a few trailing bytes)
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -60,6 +67,8 @@ def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
 
 def num_examples(config: ml_collections.ConfigDict, split: str) -> int:
   """Examples in ``split`` of ``config.dataset``, or an error listing its splits."""
+  if config.dataset == IMAGE_FOLDER:
+    return len(image_folder_files(config, split)[0])
   splits = get_builder(config).info.splits
   if split not in splits:
     raise ValueError(f"{config.dataset} has no split {split!r}; its splits are "
@@ -80,8 +89,8 @@ def read(config: ml_collections.ConfigDict, split: str, num: Optional[int] = Non
   """Decoded {image uint8, label} of this process's part of ``split`` (its first
   ``num`` examples if given), in the split's order."""
   builder = get_builder(config)
-  if isinstance(builder, tfds.ImageFolder):  # no sub-split API: take and shard
-    ds = builder.as_dataset(split=split, shuffle_files=False)
+  if config.dataset == IMAGE_FOLDER:  # no sub-split API: take and shard
+    ds = image_folder(config, split)
     ds = ds.take(num) if num else ds
     ds = ds.shard(jax.process_count(), jax.process_index())
   else:
@@ -98,9 +107,9 @@ def read_indexed(config: ml_collections.ConfigDict, split: str,
   """This process's share of {image, label, labelled} of ``split`` restricted to
   ``indices`` (positions in the whole split; all if None); ``labelled`` marks the
   examples whose label may be used (all if None)."""
-  builder = get_builder(config)
   total = num_examples(config, split)
-  ds = builder.as_dataset(split=split, shuffle_files=False).enumerate()
+  ds = (image_folder(config, split) if config.dataset == IMAGE_FOLDER else
+        get_builder(config).as_dataset(split=split, shuffle_files=False)).enumerate()
   if indices is not None:
     keep = np.zeros(total, bool)
     keep[indices] = True
@@ -117,6 +126,9 @@ def read_indexed(config: ml_collections.ConfigDict, split: str,
 def read_labels(config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, list[str]]:
   """Labels of every example of ``split`` in order, and their ids ('' if none); no
   image is decoded."""
+  if config.dataset == IMAGE_FOLDER:
+    paths, labels = image_folder_files(config, split)
+    return labels.astype(np.int64), list(paths)
   builder = get_builder(config)
   features = builder.info.features
   key = next((k for k in ID_FEATURES if k in features), None)
@@ -129,3 +141,88 @@ def read_labels(config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarr
     labels.append(y)
     ids.extend(v.decode() for v in i)
   return np.concatenate(labels).astype(np.int64), ids
+
+
+def image_problem(path: str) -> Optional[str]:
+  """Why the file at ``path`` is not a whole JPEG or PNG, judged from its first and
+  last bytes (no decoding); None when it looks whole."""
+  with tf.io.gfile.GFile(path, "rb") as f:
+    size = f.size()
+    if size == 0:
+      return "an empty file"
+    head = f.read(8)
+    f.seek(max(size - _TAIL_BYTES, 0))
+    tail = f.read()
+  kind = next((k for magic, k in _HEADERS.items() if head.startswith(magic)), None)
+  if kind is None:
+    return "not a JPEG or PNG image (its first bytes are neither header)"
+  if _ENDS[kind] not in tail:
+    return f"a truncated {kind} (no end marker in its last {_TAIL_BYTES} bytes)"
+  return None
+
+
+def _listed(root: str, split: str) -> tuple[list[str], list[str], list[str]]:
+  """(paths, their class names, every class name) of ``root/split``, in
+  tfds.ImageFolder's order: sorted, then shuffled with the split's name as seed."""
+  def folders(d):
+    return sorted(f for f in tf.io.gfile.listdir(d) if tf.io.gfile.isdir(os.path.join(d, f)))
+  classes = sorted({c.rstrip("/") for s in folders(root) for c in folders(os.path.join(root, s))})
+  split_dir = os.path.join(root, split)
+  examples = [(os.path.join(split_dir, c, f), c) for c in folders(split_dir)
+              for f in sorted(tf.io.gfile.listdir(os.path.join(split_dir, c)))
+              if f.lower().endswith(IMAGE_EXTENSIONS)]
+  random.Random(split).shuffle(examples)
+  return [p for p, _ in examples], [c for _, c in examples], classes
+
+
+@functools.lru_cache(maxsize=None)
+def _checked_files(root: str, split: str, skip_bad: bool
+                   ) -> tuple[tuple[str, ...], np.ndarray, tuple[tuple[str, str], ...]]:
+  paths, names, classes = _listed(root, split)
+  bad = [(p, why) for p in paths if (why := image_problem(p))]
+  if bad and not skip_bad:
+    shown = "\n".join(f"    {p}: {why}" for p, why in bad[:10])
+    more = f"\n    ... and {len(bad) - 10} more" if len(bad) > 10 else ""
+    raise ValueError(
+        f"{len(bad)} of the {len(paths)} files in {os.path.join(root, split)} are not "
+        f"whole images:\n{shown}{more}\nRemove or replace them, or run with "
+        f"--config.skip_bad_images=True to leave them out (counted in the log and in "
+        f"metrics.jsonl as bad_images_skipped).")
+  dropped = {p for p, _ in bad}
+  kept = [(p, classes.index(c)) for p, c in zip(paths, names) if p not in dropped]
+  return (tuple(p for p, _ in kept), np.asarray([y for _, y in kept], np.int64),
+          tuple(bad))
+
+
+def image_folder_files(config: ml_collections.ConfigDict, split: str
+                       ) -> tuple[tuple[str, ...], np.ndarray]:
+  """The image paths of ``data_dir/split`` and their labels, after the check of
+  every file (``image_problem``): a file that is not a whole image stops the run
+  with its name, or with ``skip_bad_images`` is left out and logged."""
+  get_builder(config)  # the folder exists
+  paths, labels, bad = _checked_files(_data_dir(config), split, config.skip_bad_images)
+  for path, why in bad:
+    logging.warning("Skipping %s: %s (skip_bad_images=True).", path, why)
+  return paths, labels
+
+
+def bad_images_skipped(config: ml_collections.ConfigDict, splits: tuple[str, ...]) -> int:
+  """How many files of ``splits`` an image-folder run leaves out (0 for TFDS)."""
+  if config.dataset != IMAGE_FOLDER or not config.skip_bad_images:
+    return 0
+  root = _data_dir(config)
+  return sum(len(_checked_files(root, s, True)[2]) for s in splits
+             if tf.io.gfile.isdir(os.path.join(root, s)))
+
+
+def image_folder(config: ml_collections.ConfigDict, split: str) -> tf.data.Dataset:
+  """{image uint8 [H, W, 3], label} of an image folder's split, in tfds.ImageFolder's
+  order, every file checked first (``image_folder_files``)."""
+  paths, labels = image_folder_files(config, split)
+
+  def decode(path, label):
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    return {"image": image, "label": label}
+
+  ds = tf.data.Dataset.from_tensor_slices((list(paths), labels))
+  return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)

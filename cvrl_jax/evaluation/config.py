@@ -22,6 +22,7 @@ def eval_config(task: str) -> ml_collections.ConfigDict:
   c.eval_split = ""
   c.image_size = 0
   c.eval_crop_proportion = 0.0
+  c.skip_bad_images = False  # image folders: leave out files that are not whole images
   c.num_train_examples = 0   # 0: the whole split; else its first N (quick runs)
   c.num_eval_examples = 0
   c.label_fraction = 1.0     # < 1: a class-balanced fraction of the train split
