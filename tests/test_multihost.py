@@ -139,8 +139,22 @@ def _start(workdir, num_processes: int, devices_per_process: int, **env_extra):
                            text=True) for i in range(num_processes)]
 
 
+# On a loaded 2-core machine a process can reach its first gloo collective more than
+# gloo's fixed 30 s after its peer (the peer then fails creating the gloo context):
+# a start-up race of CPU collectives, not of cvrl_jax, retried once.
+GLOO_START_RACE = "Gloo context initialization failed"
+
+
 def _launch(workdir, num_processes: int, devices_per_process: int, **env_extra) -> list[str]:
   """Runs ``num_processes`` workers to the end; every one must succeed. Their outputs."""
+  outputs, failed = _launch_once(workdir, num_processes, devices_per_process, **env_extra)
+  if failed and any(GLOO_START_RACE in out for out in outputs):
+    outputs, failed = _launch_once(workdir, num_processes, devices_per_process, **env_extra)
+  assert not failed, "\n".join(failed)
+  return outputs
+
+
+def _launch_once(workdir, num_processes: int, devices_per_process: int, **env_extra):
   procs = _start(workdir, num_processes, devices_per_process, **env_extra)
   failed, outputs = [], []
   try:
@@ -153,8 +167,7 @@ def _launch(workdir, num_processes: int, devices_per_process: int, **env_extra) 
     for p in procs:
       if p.poll() is None:
         p.kill()
-  assert not failed, "\n".join(failed)
-  return outputs
+  return outputs, failed
 
 
 @pytest.mark.parametrize("env, joins", [
