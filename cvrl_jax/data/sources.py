@@ -45,15 +45,21 @@ def _how_to_get(name: str, data_dir: Optional[str]) -> str:
       f"ROOT/<split>/<class>/<image>.")
 
 
+def _image_folder_root(config: ml_collections.ConfigDict) -> str:
+  """``data_dir`` of an image folder run, or a clear error when it is no folder."""
+  data_dir = _data_dir(config)
+  if not data_dir or not tf.io.gfile.isdir(data_dir):
+    raise DatasetNotFoundError(
+        f"dataset=image_folder needs --config.data_dir=ROOT with images in "
+        f"ROOT/<split>/<class>/*.jpg; got data_dir={data_dir!r}.")
+  return data_dir
+
+
 def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   """The TFDS builder for ``config.dataset``, or a clear error if it is missing."""
   name, data_dir = config.dataset, _data_dir(config)
   if name == IMAGE_FOLDER:
-    if not data_dir or not tf.io.gfile.isdir(data_dir):
-      raise DatasetNotFoundError(
-          f"dataset=image_folder needs --config.data_dir=ROOT with images in "
-          f"ROOT/<split>/<class>/*.jpg; got data_dir={data_dir!r}.")
-    return tfds.ImageFolder(data_dir)
+    return tfds.ImageFolder(_image_folder_root(config))
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
@@ -188,6 +194,8 @@ def _checked_files(root: str, split: str, skip_bad: bool
         f"whole images:\n{shown}{more}\nRemove or replace them, or run with "
         f"--config.skip_bad_images=True to leave them out (counted in the log and in "
         f"metrics.jsonl as bad_images_skipped).")
+  for path, why in bad:  # once per process: the result is cached
+    logging.warning("Skipping %s: %s (skip_bad_images=True).", path, why)
   dropped = {p for p, _ in bad}
   kept = [(p, classes.index(c)) for p, c in zip(paths, names) if p not in dropped]
   return (tuple(p for p, _ in kept), np.asarray([y for _, y in kept], np.int64),
@@ -199,10 +207,8 @@ def image_folder_files(config: ml_collections.ConfigDict, split: str
   """The image paths of ``data_dir/split`` and their labels, after the check of
   every file (``image_problem``): a file that is not a whole image stops the run
   with its name, or with ``skip_bad_images`` is left out and logged."""
-  get_builder(config)  # the folder exists
-  paths, labels, bad = _checked_files(_data_dir(config), split, config.skip_bad_images)
-  for path, why in bad:
-    logging.warning("Skipping %s: %s (skip_bad_images=True).", path, why)
+  paths, labels, _ = _checked_files(_image_folder_root(config), split,
+                                    config.skip_bad_images)
   return paths, labels
 
 
