@@ -10,13 +10,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 SHARED_TFDS = os.path.abspath(
     os.path.join(os.path.dirname(__file__), "..", "..", "shared", "tfds"))
 
-import jax  # noqa: E402  (after XLA_FLAGS)
-
-# Tests compile the same small programs many times (every train_and_evaluate
-# call jits init, step and eval): a persistent cache makes the repeats cheap.
-jax.config.update("jax_compilation_cache_dir",
-                  os.path.join(os.environ.get("TMPDIR", "/tmp"), "cvrl_jax_jit_cache"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+# Tests compile the same small programs many times (every train_and_evaluate call
+# jits init, step and eval), in this process and in the subprocesses the CLI,
+# benchmark and multi-process tests start (they inherit the environment): one
+# persistent cache makes the repeats cheap.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(os.environ.get("TMPDIR", "/tmp"), "cvrl_jax_jit_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 
 # The longest files first: with two workers taking a file at a time, a long file

@@ -16,6 +16,7 @@ of each run reads the real eval split per process.
 import hashlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -276,25 +277,37 @@ def _losses(workdir) -> dict[int, float]:
   return {r["step"]: r["loss"] for r in _metrics(workdir) if "loss" in r}
 
 
-def test_a_dead_process_stops_the_other_which_names_it_and_a_restart_resumes(
-    runs, tmp_path):
-  """kill -9 of process 1 before its step 4: process 0 exits by itself once process 1
-  has missed parallel.HEARTBEAT_TIMEOUT_S of heartbeats, saying a peer died; both started again resume from step 2 (the last complete
-  checkpoint) and train the uninterrupted run's losses."""
+def _run_until_a_peer_dies(workdir, **env_extra) -> tuple[list[str], float]:
+  """Starts 2 workers, process 1 to die by SIGKILL; both outputs and the seconds process 0
+  lived on after it. Asserts process 1 died of the signal and process 0 failed."""
   import time
-  procs = _start(tmp_path, 2, 4, **{FAULT_ENV: "SIGKILL:1:4"})
+  procs = _start(workdir, 2, 4, **env_extra)
   try:
-    procs[1].communicate(timeout=TIMEOUT_S)
+    dead, _ = procs[1].communicate(timeout=TIMEOUT_S)
     died = time.monotonic()
-    assert procs[1].returncode == -9
     survivor, _ = procs[0].communicate(timeout=TIMEOUT_S)
     waited = time.monotonic() - died
   finally:
     for p in procs:
       if p.poll() is None:
         p.kill()
+  if GLOO_START_RACE not in survivor + dead:
+    assert procs[1].returncode == -9, dead[-3000:]
+    assert procs[0].returncode != 0, survivor[-3000:]
+  return [survivor, dead], waited
+
+
+def test_a_dead_process_stops_the_other_which_names_it_and_a_restart_resumes(
+    runs, tmp_path):
+  """kill -9 of process 1 before its step 4: process 0 exits by itself once process 1
+  has missed parallel.HEARTBEAT_TIMEOUT_S of heartbeats, saying a peer died; both started again resume from step 2 (the last complete
+  checkpoint) and train the uninterrupted run's losses."""
+  outputs, waited = _run_until_a_peer_dies(tmp_path, **{FAULT_ENV: "SIGKILL:1:4"})
+  if GLOO_START_RACE in outputs[0] + outputs[1]:  # before any step: start again, once
+    shutil.rmtree(tmp_path / "simclr", ignore_errors=True)
+    outputs, waited = _run_until_a_peer_dies(tmp_path, **{FAULT_ENV: "SIGKILL:1:4"})
+  survivor = outputs[0]
   from cvrl_jax import parallel
-  assert procs[0].returncode != 0
   assert waited < parallel.HEARTBEAT_TIMEOUT_S + 60, waited
   # JAX's coordination service ends it, saying why; our start-up line says what to do.
   assert "another task died" in survivor, survivor[-3000:]

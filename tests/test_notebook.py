@@ -20,8 +20,6 @@ def test_notebook_trains_plots_and_probes_on_the_cpu(tmp_path, monkeypatch):
   monkeypatch.setenv("CVRL_DATA_DIR", SHARED_TFDS)
   monkeypatch.setenv("CVRL_WORKDIR", str(tmp_path / "run"))
   monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend shows figures
-  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", os.path.join(
-      os.environ.get("TMPDIR", "/tmp"), "cvrl_jax_jit_cache"))
   nb = nbformat.read(NOTEBOOK, as_version=4)
   nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
                           resources={"metadata": {"path": ROOT}}).execute()
