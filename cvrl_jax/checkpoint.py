@@ -47,8 +47,23 @@ def directory(workdir: str) -> str:
   return os.path.join(root, "checkpoints")
 
 
+def _save_replicated_arrays_whole_on_cpu() -> None:
+  """On CPU devices, orbax saves each replicated array from one replica, whole.
+
+  Every array of a data-parallel state is replicated on every device. Orbax's
+  default (off on GPUs already) cuts each into one slice per replica, every
+  slice an operation compiled and dispatched on its own: on 8 CPU devices the
+  first save of a process took 10.6 s instead of 1.0 s for the ``cpu`` preset's
+  116 arrays (docs/benchmarks.md). Called once the backend is up (after
+  ``jax.distributed.initialize``)."""
+  if jax.default_backend() == "cpu":
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+
+
 def manager(workdir: str, max_to_keep: int) -> ocp.CheckpointManager:
   """The manager a run saves its own ``TrainState`` with (and resumes from)."""
+  _save_replicated_arrays_whole_on_cpu()
   return ocp.CheckpointManager(
       directory(workdir),
       options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
