@@ -43,8 +43,14 @@ VARIANTS = ("imagenet", "cifar10", "cpu")
 
 
 def get_config(variant: str = "imagenet") -> ml_collections.ConfigDict:
+  # lambd 0.0051; a projector without last BN.
+  return recipe(config_lib.base_config("barlow_twins"), variant)
+
+
+def recipe(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
+  """The docstring's ``variant`` on ``c``, a method's base config (VICReg's
+  recipe is this one, but for its weight decay: configs/vicreg.py)."""
   config_lib.check_variant(variant, VARIANTS)
-  c = config_lib.base_config("barlow_twins")  # lambd 0.0051; a projector without last BN
   c.head.update(num_layers=3, hidden_dim=8192, output_dim=8192)
   c.batch_size = 2048
   c.num_epochs = 1000

@@ -7,18 +7,20 @@ quantities of the whole global batch come through the collectives of
 Sinkhorn's sums with ``pmean`` / ``psum``. A loss returns the mean over the
 device's own anchors, so that ``pmean`` of it over the axis equals the
 single-device loss of the concatenated global batch (the losses that are global
-already, Barlow Twins', return that value on every device). That equality is what
-makes a run on 8 devices give the same losses as a run on 1
+already, Barlow Twins' and VICReg's, return that value on every device). That
+equality is what makes a run on 8 devices give the same losses as a run on 1
 (``tests/test_losses.py`` and each method's tests).
 
-Contrastive: ``nt_xent`` (SimCLR), ``supcon_loss`` (SupCon), ``moco_infonce``
-(MoCo v1 / v2), ``moco_v3_ctr`` (MoCo v3), ``nnclr_loss`` (NNCLR). Regression onto
-a stop-gradient target: ``byol_loss``, ``simsiam_loss``. Redundancy reduction:
-``barlow_twins_loss``. Cross-entropy against other crops' targets:
-``swapped_prediction`` with ``sinkhorn``'s codes (SwAV), ``dino_loss`` (DINO).
+Contrastive: ``nt_xent`` (SimCLR) and the alternatives SimCLR can train with,
+``dcl``, ``nt_logistic``, ``margin_triplet``; ``supcon_loss`` (SupCon),
+``moco_infonce`` (MoCo v1 / v2), ``moco_v3_ctr`` (MoCo v3, also decoupled),
+``nnclr_loss`` (NNCLR). Regression onto a stop-gradient target: ``byol_loss``,
+``simsiam_loss``. Redundancy reduction: ``barlow_twins_loss``, ``vicreg``.
+Cross-entropy against other crops' targets: ``swapped_prediction`` with
+``sinkhorn``'s codes (SwAV), ``dino_loss`` (DINO).
 """
 
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -42,22 +44,58 @@ def cosine(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.sum(l2_normalize(a) * l2_normalize(b), axis=-1)
 
 
-def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Mean softmax cross-entropy with integer labels, in float32."""
+def _cross_entropy(logits: jax.Array, labels: jax.Array,
+                   decoupled: bool = False) -> jax.Array:
+  """Mean softmax cross-entropy with integer labels, in float32. ``decoupled``
+  (DCL): each row's label is left out of its normaliser, ``-l_y + log sum_{j != y}
+  exp(l_j)``."""
   logits = logits.astype(jnp.float32)
-  logz = jax.nn.logsumexp(logits, axis=-1)
   picked = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
-  return jnp.mean(logz - picked)
+  if decoupled:
+    logits = logits - jax.nn.one_hot(labels, logits.shape[-1]) * _LARGE_NUM
+  return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - picked)
 
 
 def _contrast(anchors: jax.Array, positives: jax.Array, temperature: float,
-              axis_name: Optional[str]) -> jax.Array:
+              axis_name: Optional[str], decoupled: bool = False) -> jax.Array:
   """Cross-entropy of ``a_i . b_j / tau`` over the ``b_j`` of the global batch
-  (gathered, differentiated through the gather), the positive being ``b_i``;
-  rows L2-normalised; the mean over the local anchors."""
+  (gathered, differentiated through the gather), the positive being ``b_i``
+  (``decoupled``: left out of the normaliser); rows L2-normalised; the mean over
+  the local anchors."""
   a, b = l2_normalize(anchors), l2_normalize(positives)
   labels = parallel.first_row(a.shape[0], axis_name) + jnp.arange(a.shape[0])
-  return _cross_entropy(a @ parallel.gather(b, axis_name).T / temperature, labels)
+  return _cross_entropy(a @ parallel.gather(b, axis_name).T / temperature, labels, decoupled)
+
+
+def _two_view_similarities(z1: jax.Array, z2: jax.Array, axis_name: Optional[str]
+                           ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The similarities SimCLR's losses (and SupCon's) read, over the global batch.
+
+  Anchors: this device's 2n views ``[z1; z2]``; candidates: the 2N views of the
+  global batch ``[z1 of every device; z2 of every device]`` (gathered,
+  differentiated through the gather). Returns the cosine similarities (2n, 2N),
+  a 0/1 mask of each anchor's own column (``is_self``, same shape) and the column
+  of its positive, the other view of its image, (2n,); every other column is one
+  of its 2N - 2 negatives.
+  """
+  z1, z2 = l2_normalize(z1), l2_normalize(z2)
+  n = z1.shape[0]
+  own, total = parallel.first_row(n, axis_name) + jnp.arange(n), n * parallel.axis_size(axis_name)
+  candidates = jnp.concatenate([parallel.gather(z1, axis_name), parallel.gather(z2, axis_name)])
+  sims = jnp.concatenate([z1, z2]) @ candidates.T
+  is_self = jax.nn.one_hot(jnp.concatenate([own, total + own]), 2 * total)
+  return sims, is_self, jnp.concatenate([total + own, own])
+
+
+def _mean_over_negatives(z1: jax.Array, z2: jax.Array, axis_name: Optional[str],
+                         pair_loss: Callable[[jax.Array, jax.Array], jax.Array]) -> jax.Array:
+  """The mean over this device's 2n anchors of the mean of ``pair_loss(s_pos,
+  s_neg)`` over each anchor's 2N - 2 negatives (``_two_view_similarities``)."""
+  sims, is_self, positive = _two_view_similarities(z1, z2, axis_name)
+  is_negative = 1.0 - is_self - jax.nn.one_hot(positive, sims.shape[-1])
+  s_pos = jnp.take_along_axis(sims, positive[:, None], axis=-1)
+  per_pair = is_negative * pair_loss(s_pos, sims)
+  return jnp.mean(jnp.sum(per_pair, axis=-1) / jnp.sum(is_negative, axis=-1))
 
 
 # ---------------------------------------------------------------- contrastive
@@ -78,7 +116,11 @@ def nt_xent(z1: jax.Array, z2: jax.Array, *, temperature: float,
     batch, where l(i, j) = -log softmax_j(sim(i, .) / tau) with cosine similarity
     and the anchor itself excluded. With ``axis_name`` the mean is over this
     device's 2n anchors (every device holds the same n, so pmean gives L).
+    SimCLR's other losses below (``dcl``, ``nt_logistic``, ``margin_triplet``)
+    take the same arguments and keep the same contract.
   """
+  # Written per view (not through ``_two_view_similarities``, which sums the same
+  # terms in another order) to keep the float rounding, and so the runs, of before.
   z1, z2 = l2_normalize(z1), l2_normalize(z2)
   n = z1.shape[0]
   z1_all, z2_all = parallel.gather(z1, axis_name), parallel.gather(z2, axis_name)
@@ -96,6 +138,45 @@ def nt_xent(z1: jax.Array, z2: jax.Array, *, temperature: float,
   return 0.5 * (anchor_loss(z1, z1_all, z2_all) + anchor_loss(z2, z2_all, z1_all))
 
 
+def dcl(z1: jax.Array, z2: jax.Array, *, temperature: float,
+        axis_name: Optional[str] = None) -> jax.Array:
+  """The decoupled contrastive loss (Yeh et al. 2022): NT-Xent with the positive
+  left out of each anchor's denominator,
+  ``-s_ij / tau + log sum_{k not in {i, j}} exp(s_ik / tau)``, the mean over the
+  2N anchors (``nt_xent``'s arguments and global contract). Without the positive
+  in the normaliser, the gradient loses what the paper calls negative-positive
+  coupling, a down-weighting that is strongest at small batches. It can be negative.
+  """
+  sims, is_self, positive = _two_view_similarities(z1, z2, axis_name)
+  return _cross_entropy(sims / temperature - is_self * _LARGE_NUM, positive, decoupled=True)
+
+
+def nt_logistic(z1: jax.Array, z2: jax.Array, *, temperature: float,
+                axis_name: Optional[str] = None) -> jax.Array:
+  """SimCLR's NT-Logistic loss (its table 2), per anchor
+  ``-log sigmoid(s_pos / tau) - mean_neg log sigmoid(-s_neg / tau)``: a binary
+  logistic regression of the positive against each of the 2N - 2 negatives of the
+  global batch, cosine similarities over the temperature. How the negatives weigh
+  is this library's choice: their mean (the positive and the negatives count
+  alike), none mined (the paper's "sh" rows use semi-hard negative mining). The
+  mean over the 2N anchors (``nt_xent``'s arguments and global contract).
+  """
+  log_sigmoid = jax.nn.log_sigmoid
+  return _mean_over_negatives(z1, z2, axis_name, lambda pos, neg: (
+      -log_sigmoid(pos / temperature) - log_sigmoid(-neg / temperature)))
+
+
+def margin_triplet(z1: jax.Array, z2: jax.Array, *, margin: float,
+                   axis_name: Optional[str] = None) -> jax.Array:
+  """SimCLR's margin triplet loss (its table 2), ``max(s_neg - s_pos + m, 0)``
+  with cosine similarities (no temperature, as the paper writes it), averaged
+  over each anchor's 2N - 2 negatives of the global batch (none mined) and over
+  the 2N anchors (``nt_xent``'s global contract).
+  """
+  return _mean_over_negatives(z1, z2, axis_name,
+                              lambda pos, neg: jax.nn.relu(neg - pos + margin))
+
+
 def supcon_loss(z1: jax.Array, z2: jax.Array, labels: jax.Array, *, temperature: float,
                 axis_name: Optional[str] = None) -> jax.Array:
   """SupCon's L_out: every other view of the anchor's class in the global batch is
@@ -109,17 +190,9 @@ def supcon_loss(z1: jax.Array, z2: jax.Array, labels: jax.Array, *, temperature:
     temperature: tau (0.1 in the paper).
     axis_name: mesh axis over which the global batch is sharded, or None.
   """
-  z1, z2 = l2_normalize(z1), l2_normalize(z2)
-  n = z1.shape[0]
-  offset, total = parallel.first_row(n, axis_name), n * parallel.axis_size(axis_name)
-  # Candidates in the order [view 1 of the global batch, view 2 of the global batch].
-  candidates = jnp.concatenate([parallel.gather(z1, axis_name), parallel.gather(z2, axis_name)])
+  sims, is_self, _ = _two_view_similarities(z1, z2, axis_name)
+  log_prob = jax.nn.log_softmax(sims / temperature - is_self * _LARGE_NUM, axis=-1)
   labels_all = jnp.tile(parallel.gather(labels, axis_name), 2)
-  anchors = jnp.concatenate([z1, z2])
-  self_index = jnp.concatenate([offset + jnp.arange(n), total + offset + jnp.arange(n)])
-  is_self = jax.nn.one_hot(self_index, 2 * total)
-  logits = anchors @ candidates.T / temperature - is_self * _LARGE_NUM
-  log_prob = jax.nn.log_softmax(logits, axis=-1)
   positive = (jnp.tile(labels, 2)[:, None] == labels_all[None, :]) * (1.0 - is_self)
   per_anchor = -jnp.sum(positive * log_prob, axis=-1) / jnp.sum(positive, axis=-1)
   return jnp.mean(per_anchor)
@@ -148,7 +221,7 @@ def moco_infonce(q: jax.Array, k: jax.Array, queue: jax.Array, *,
 
 
 def moco_v3_ctr(q: jax.Array, k: jax.Array, *, temperature: float,
-                axis_name: Optional[str] = None) -> jax.Array:
+                axis_name: Optional[str] = None, decoupled: bool = False) -> jax.Array:
   """MoCo v3's contrastive loss ``ctr(q, k)`` with the keys of the global batch.
 
   Args:
@@ -156,6 +229,9 @@ def moco_v3_ctr(q: jax.Array, k: jax.Array, *, temperature: float,
     k: momentum-encoder keys of the other view of the same n images, (n, c).
     temperature: tau (1.0 for ResNet-50, 0.2 for ViT in MoCo v3).
     axis_name: mesh axis over which the global batch is sharded, or None.
+    decoupled: DCL's form (Yeh et al. 2022, as ``dcl``): each query's own key
+      left out of the softmax's denominator, ``-q.k_i / tau + log sum_{j != i}
+      exp(q.k_j / tau)``, still times 2 tau.
 
   Returns:
     ``2 tau * CE(q . k_all^T / tau, labels)``, where ``k_all`` is ``k``
@@ -165,7 +241,7 @@ def moco_v3_ctr(q: jax.Array, k: jax.Array, *, temperature: float,
     batch. The factor 2 tau is MoCo v3's, making the gradient scale roughly
     independent of tau. Rows are L2-normalised here.
   """
-  return 2.0 * temperature * _contrast(q, k, temperature, axis_name)
+  return 2.0 * temperature * _contrast(q, k, temperature, axis_name, decoupled)
 
 
 def nnclr_loss(nn: jax.Array, p: jax.Array, *, temperature: float,
@@ -224,15 +300,55 @@ def cross_correlation(z1: jax.Array, z2: jax.Array, axis_name: Optional[str],
   return parallel.psum(standardize(z1).T @ standardize(z2), axis_name) / n
 
 
+def _off_diagonal_squares(c: jax.Array) -> jax.Array:
+  """``sum_{i != j} c_ij^2`` of a square matrix."""
+  return jnp.sum(jnp.square(c)) - jnp.sum(jnp.square(jnp.diagonal(c)))
+
+
 def barlow_twins_loss(z1: jax.Array, z2: jax.Array, *, lambd: float,
                       axis_name: Optional[str] = None) -> jax.Array:
   """``sum_i (1 - C_ii)^2 + lambd sum_{i != j} C_ij^2``; the same value on every
   device, the loss of the global batch."""
   c = cross_correlation(z1, z2, axis_name)
-  diag = jnp.diagonal(c)
-  on_diag = jnp.sum(jnp.square(1.0 - diag))
-  off_diag = jnp.sum(jnp.square(c)) - jnp.sum(jnp.square(diag))
-  return on_diag + lambd * off_diag
+  return jnp.sum(jnp.square(1.0 - jnp.diagonal(c))) + lambd * _off_diagonal_squares(c)
+
+
+def vicreg(z1: jax.Array, z2: jax.Array, *, sim_coeff: float = 25.0, std_coeff: float = 25.0,
+           cov_coeff: float = 1.0, eps: float = 1e-4,
+           axis_name: Optional[str] = None) -> jax.Array:
+  """VICReg's loss (Bardes et al. 2022): invariance, variance and covariance.
+
+      sim_coeff mean((z1 - z2)^2)
+      + std_coeff [mean_i relu(1 - sqrt(Var(z1)_i + eps)) + same for z2] / 2
+      + cov_coeff [sum_{i != j} C(z1)_ij^2 / d + same for z2],
+
+  with the variance and the covariance C (d x d) of each dimension taken over
+  the batch with denominator n - 1, as the reference code's ``torch.var``. The
+  variance term keeps every dimension's standard deviation up to 1 (no collapse),
+  the covariance term decorrelates the dimensions; eps keeps the square root's
+  gradient finite at zero variance. The paper's coefficients are the defaults.
+
+  Args:
+    z1, z2: projections of the two views of the local n images, (n, d); not
+      normalised (VICReg regresses the raw projections).
+    axis_name: mesh axis of the batch, or None. With it, every term is over the
+      global batch of N rows: the mean through ``pmean``, the sums of the
+      covariance through ``psum``, so every device returns the same value, the
+      single-device loss of the concatenated batch, and the gradients flow back
+      through the collectives to every device's rows.
+  """
+  z1, z2 = z1.astype(jnp.float32), z2.astype(jnp.float32)
+  n = z1.shape[0] * parallel.axis_size(axis_name)
+
+  def variance_and_covariance_terms(z):
+    centred = z - parallel.pmean(jnp.mean(z, axis=0), axis_name)
+    c = parallel.psum(centred.T @ centred, axis_name) / (n - 1)
+    std = jnp.sqrt(jnp.diagonal(c) + eps)
+    return jnp.mean(jax.nn.relu(1.0 - std)), _off_diagonal_squares(c) / z.shape[1]
+
+  (var1, cov1), (var2, cov2) = map(variance_and_covariance_terms, (z1, z2))
+  invariance = parallel.pmean(jnp.mean(jnp.square(z1 - z2)), axis_name)
+  return sim_coeff * invariance + std_coeff * (var1 + var2) / 2 + cov_coeff * (cov1 + cov2)
 
 
 # -------------------------------------------- cross-entropy against other crops

@@ -230,7 +230,7 @@ def test_synthetic_benchmark_batches_and_step_include_the_device_augmentation():
 def test_224_px_pretraining_configs_augment_on_the_device_cifar_and_cpu_on_the_host():
   import importlib
   for name in ("simclr_v1", "simclr_v2", "moco_v1", "moco_v2", "moco_v3", "byol", "simsiam",
-               "barlow_twins", "supcon", "nnclr", "swav", "dino"):
+               "barlow_twins", "supcon", "nnclr", "swav", "dino", "vicreg"):
     module = importlib.import_module(f"configs.{name}")
     variants = getattr(module, "VARIANTS", ("imagenet", "cifar10", "cpu"))
     for variant in variants:

@@ -1,5 +1,6 @@
-"""MoCo v1 / v2 and v3: the queue, the momentum update, ShuffleBN over BN groups, and
-training runs (1 vs 8 devices, stop and resume) on real CIFAR-10 with tiny models."""
+"""MoCo v1 / v2 and v3: the queue, the momentum update, ShuffleBN over BN groups,
+training runs (1 vs 8 devices, stop and resume) on real CIFAR-10 with tiny models,
+and the options: symmetric v1 / v2, v3 with DCL and without predictor."""
 
 import flax.linen as nn
 import jax
@@ -9,11 +10,11 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import moco_v1, moco_v2, moco_v3
-from cvrl_jax import parallel, train
+from cvrl_jax import methods, parallel, train
 from cvrl_jax.methods import base, moco
 from helpers import (assert_trees_close, loop_run, losses_by_step, preempted_run, preset_shapes,
                      read_metrics, restore, same_on_one_and_eight_devices, tiny_moco_config,
-                     train_steps)
+                     tiny_vit_config, train_steps)
 
 
 # --------------------------------------------------------------------- pieces
@@ -193,6 +194,38 @@ def test_v3_with_a_vit_trains_and_keeps_the_patch_projection_frozen():
                      last.extra["key_params"]["encoder"]["patch_embed"], rtol=0, atol=0)
   block = lambda s: s.params["encoder"]["block1"]["mlp_1"]["kernel"]
   assert np.abs(block(first) - block(last)).max() > 1e-5
+
+
+def test_symmetric_moco_trains_alike_on_one_and_eight_devices_and_enqueues_both_views():
+  """(q1, k2) and (q2, k1) against one queue, each key view ShuffleBN'd: the same
+  steps on any mesh, and 2 x 16 keys a step into the queue of 40."""
+  config = tiny_moco_config(moco_v2)
+  config.moco.symmetric = True
+  states, _ = same_on_one_and_eight_devices(lambda n: train_steps(config, n), atol=1e-4)
+  assert [int(s.extra["queue_ptr"]) for s in states] == [s * 32 % 40 for s in range(5)]
+
+
+def test_symmetric_queue_must_hold_both_views_keys():
+  c = tiny_moco_config(moco_v2)
+  c.moco.update(symmetric=True, queue_size=24)
+  with pytest.raises(ValueError, match="queue_size=24 is smaller than the 32 keys of a step"):
+    moco.MoCo(c, 10, 4)
+
+
+def test_v3_with_dcl_and_without_predictor_trains_alike_on_one_and_eight_devices():
+  """The decoupled ctr over the keys of the global batch, and the projection as
+  the query: no predictor in the state, the same steps on any mesh."""
+  config = tiny_vit_config(moco_v3)
+  config.moco_v3.update(loss="dcl", predictor=False)
+  states, _ = same_on_one_and_eight_devices(lambda n: train_steps(config, n))
+  assert "predictor" not in states[-1].params and "head" in states[-1].params
+
+
+def test_v3_unknown_loss_names_the_choices():
+  c = moco_v3.get_config("cpu")
+  c.moco_v3.loss = "infonce"
+  with pytest.raises(ValueError, match=r"moco_v3.loss='infonce' is not one of \['ctr', 'dcl'\]"):
+    methods.get_method(c, 10, 10)
 
 
 @pytest.mark.parametrize("module", [moco_v1, moco_v2, moco_v3], ids=["v1", "v2", "v3"])

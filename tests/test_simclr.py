@@ -1,12 +1,15 @@
-"""The SimCLR method: its loss, its representation, and a probe that cannot leak."""
+"""The SimCLR method: its loss (NT-Xent or one of the options, each trained on 1 and
+on 8 devices), its representation, and a probe that cannot leak."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from configs import simclr_v2
 from cvrl_jax import losses, methods
 from cvrl_jax.models import feature_dim
+from helpers import same_on_one_and_eight_devices, tiny_vit_config, train_steps
 
 
 def tiny():
@@ -36,15 +39,17 @@ def test_loss_is_nt_xent_plus_probe_and_probe_never_moves_the_encoder():
   assert all(float(jnp.abs(x).max()) == 0.0 for x in others)
 
 
-def test_contrastive_loss_matches_nt_xent_of_the_projections():
+@pytest.mark.parametrize("name", ["nt_xent", "dcl", "nt_logistic", "margin_triplet"])
+def test_contrastive_loss_is_the_configured_loss_of_the_projections(name):
   c, method, params, batch_stats, extra, batch = tiny()
+  c.simclr.update(loss=name, margin=0.3)
   _, (_, _, metrics) = method.loss(params, batch_stats, extra, batch, None, 0, None)
   (_, (z, _), _, _), _ = method.net(None).apply(
       {"params": params, "batch_stats": batch_stats}, jnp.concatenate(batch["views"]),
       train=True, mutable=["batch_stats"])
   z1, z2 = jnp.split(z, 2)
-  np.testing.assert_allclose(
-      metrics["loss"], losses.nt_xent(z1, z2, temperature=c.simclr.temperature), rtol=1e-6)
+  kwargs = dict(margin=0.3) if name == "margin_triplet" else dict(temperature=c.simclr.temperature)
+  np.testing.assert_allclose(metrics["loss"], getattr(losses, name)(z1, z2, **kwargs), rtol=1e-6)
 
 
 def test_representation_is_encoder_output_or_first_head_layer():
@@ -53,3 +58,29 @@ def test_representation_is_encoder_output_or_first_head_layer():
   assert h.shape == (8, feature_dim(18, 0.125)) == (8, 64)
   c.simclr.representation_layer = 1
   assert method.features(params, batch_stats, batch["views"][0]).shape == (8, 32)
+
+
+def test_an_unknown_loss_names_the_choices():
+  c = simclr_v2.get_config("cpu")
+  c.simclr.loss = "infonce"
+  with pytest.raises(ValueError, match=r"simclr.loss='infonce' is not one of \['dcl', "
+                                       r"'margin_triplet', 'nt_logistic', 'nt_xent'\]"):
+    methods.get_method(c, num_classes=10, total_steps=10)
+
+
+def test_dcl_trains_alike_on_one_and_eight_devices():
+  """The options' negatives come from the global batch (tests/test_losses.py checks
+  each): through the real step, the same training on any mesh."""
+  config = tiny_vit_config(simclr_v2)
+  config.simclr.loss = "dcl"
+  same_on_one_and_eight_devices(lambda n: train_steps(config, n))
+
+
+@pytest.mark.parametrize("name", ["nt_logistic", "margin_triplet"])
+def test_logistic_and_triplet_losses_train(name):
+  config = tiny_vit_config(simclr_v2)
+  config.simclr.loss = name
+  (first, *_, last), history = train_steps(config, 8, steps=2)
+  assert all(np.isfinite(m["loss"]) for m in history) and history[0] != history[1]
+  kernel = lambda s: s.params["head"]["dense_0"]["kernel"]
+  assert np.abs(kernel(first) - kernel(last)).max() > 0

@@ -20,29 +20,21 @@ single-device loss of the concatenated batch; the gradients flow back through
 the collectives to every device's samples.
 
 Each view goes through the network separately (two BatchNorm groups, each
-synchronised over the mesh), as in the reference code. The projector has BN and
-ReLU after every hidden layer and a plain linear output (``head.last_bn`` False),
-standardised in the loss.
+synchronised over the mesh), as in the reference code (``base.PairLossMethod``).
+The projector has BN and ReLU after every hidden layer and a plain linear output
+(``head.last_bn`` False), standardised in the loss.
 """
-
-import jax.numpy as jnp
 
 from cvrl_jax import losses
 from cvrl_jax.methods import base
 
 
-class BarlowTwins(base.Method):
+class BarlowTwins(base.PairLossMethod):
   defaults = {"barlow_twins": dict(lambd=0.0051), "head": dict(last_bn=False)}
 
-  def loss(self, params, batch_stats, extra, batch, rng, step, axis_name):
-    del rng, step
-    (_, (z, _), _, logits), batch_stats = base.apply_per_view(
-        self.net(axis_name), params, batch_stats, batch["views"])
-    z1, z2 = jnp.split(z, 2)
-    loss = losses.barlow_twins_loss(z1, z2, lambd=self.config.barlow_twins.lambd,
+  def pair_loss(self, z1, z2, axis_name):
+    return losses.barlow_twins_loss(z1, z2, lambd=self.config.barlow_twins.lambd,
                                     axis_name=axis_name)
-    return base.with_probe(loss, logits[:z1.shape[0]], batch["label"], axis_name, batch_stats,
-                           extra)
 
 
 METHODS = {"barlow_twins": BarlowTwins}

@@ -23,11 +23,13 @@ The parts written once here, so that each method file reads top to bottom:
 * a momentum (EMA) network: ``momentum_modules``, ``momentum_update``,
   ``cosine_momentum``; a FIFO queue: ``enqueue``;
 * a sub-tree without gradient: ``freeze``; the loss's return value with the
-  probe's: ``with_probe``;
+  probe's: ``with_probe``; a string option's value: ``choice``;
+* ``PairLossMethod``: one network on each view, a global loss of the two views'
+  projections (Barlow Twins, VICReg);
 * ``MomentumMethod``: a method with a momentum network (MoCo, BYOL, DINO).
 """
 
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -218,6 +220,15 @@ def with_probe(loss: jax.Array, logits: jax.Array, labels: jax.Array,
   return loss + probe_loss, (batch_stats, extra, {"loss": loss, **probe_metrics, **metrics})
 
 
+def choice(key: str, value: str, choices: Mapping[str, Any]) -> Any:
+  """``choices[value]`` for the string option ``config.<key>``, or an error that
+  names the choices (methods call it in ``__init__`` too, to refuse a bad value
+  before anything is built)."""
+  if value not in choices:
+    raise ValueError(f"config.{key}={value!r} is not one of {sorted(choices)}.")
+  return choices[value]
+
+
 def steps_per_epoch(config: ml_collections.ConfigDict, total_steps: int) -> float:
   """Steps in one epoch, for a method's schedules given in epochs (``total_steps``
   comes from ``num_epochs``, or a preset sets both)."""
@@ -283,6 +294,25 @@ class Method:
     return models.make_encoder(self.config.model, None).apply(variables, images, train=False)
 
 
+class PairLossMethod(Method):
+  """One network (encoder -> projector) on each view separately, one BatchNorm
+  group per view synchronised over the mesh (``apply_per_view``), as the
+  reference code of Barlow Twins and VICReg runs it; the loss is ``pair_loss`` of
+  the two views' projections, global already (the same value on every device);
+  the probe learns from view 1."""
+
+  def pair_loss(self, z1: jax.Array, z2: jax.Array, axis_name: Optional[str]) -> jax.Array:
+    raise NotImplementedError
+
+  def loss(self, params, batch_stats, extra, batch, rng, step, axis_name):
+    del rng, step
+    (_, (z, _), _, logits), batch_stats = apply_per_view(
+        self.net(axis_name), params, batch_stats, batch["views"])
+    z1, z2 = jnp.split(z, 2)
+    return with_probe(self.pair_loss(z1, z2, axis_name), logits[:z1.shape[0]], batch["label"],
+                      axis_name, batch_stats, extra)
+
+
 class MomentumMethod(Method):
   """A method whose ``extra`` holds a momentum (EMA) network: a copy of the online
   network's encoder and head at init (``momentum_modules``), moved towards it
@@ -314,12 +344,13 @@ class MomentumMethod(Method):
                           views: tuple[jax.Array, ...], axis_name: Optional[str]
                           ) -> tuple[jax.Array, jax.Array, jax.Array, Params, dict]:
     """Both networks on every view, one BatchNorm group per view (MoCo v3, BYOL):
-    the online predictions and probe logits, the momentum network's projections
-    (no gradient), and the new BatchNorm statistics (``extra``'s for the target)."""
-    (_, _, p, logits), batch_stats = apply_per_view(self.net(axis_name), params, batch_stats,
-                                                    views)
+    the online predictions (the projections, for a network without predictor)
+    and probe logits, the momentum network's projections (no gradient), and the
+    new BatchNorm statistics (``extra``'s for the target)."""
+    (_, (q, _), p, logits), batch_stats = apply_per_view(self.net(axis_name), params,
+                                                         batch_stats, views)
     z, extra = self.apply_target_per_view(extra, views, axis_name)
-    return p, logits, z, batch_stats, extra
+    return q if p is None else p, logits, z, batch_stats, extra
 
   def init(self, rng, images):
     params, batch_stats, extra = super().init(rng, images)

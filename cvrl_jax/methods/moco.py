@@ -10,6 +10,13 @@ FIFO queue of the K most recent keys of earlier global batches
 temperature, augmentations, schedule): ``configs/moco_v1.py``,
 ``configs/moco_v2.py``. MoCo v3 is ``moco_v3.py``.
 
+``moco.symmetric``: the symmetric loss of the MoCo authors' CIFAR-10 demo,
+InfoNCE of (view-1 queries, view-2 keys) and of (view-2 queries, view-1 keys)
+against the one queue, into which both batches of keys then go (2B keys a
+step, as in the demo). The demo sums the two losses; here they are averaged,
+so the loss reads like the asymmetric one, and at the same rate its gradients
+are half the demo's.
+
 BatchNorm: a query and its key must not share statistics
 --------------------------------------------------------
 If query i and its positive key i are normalised with statistics of the same
@@ -64,13 +71,15 @@ def shuffle_bn(apply: Callable[[jax.Array], tuple[jax.Array, Any]], images: jax.
 class MoCo(base.MomentumMethod):
   """MoCo v1 / v2: a queue of negatives, InfoNCE, ShuffleBN over BN groups."""
   defaults = {"moco": dict(queue_size=65_536, momentum=0.999, temperature=0.07,
-                           bn_groups=8)}  # BatchNorm groups over the global batch
+                           bn_groups=8,  # BatchNorm groups over the global batch
+                           symmetric=False)}
 
   def __init__(self, config, num_classes, total_steps):
     super().__init__(config, num_classes, total_steps)
-    if config.moco.queue_size < config.batch_size:
-      raise ValueError(f"moco.queue_size={config.moco.queue_size} is smaller than the global "
-                       f"batch ({config.batch_size}): the queue must hold a batch of keys.")
+    keys = config.batch_size * (2 if config.moco.symmetric else 1)
+    if config.moco.queue_size < keys:
+      raise ValueError(f"moco.queue_size={config.moco.queue_size} is smaller than the {keys} "
+                       f"keys of a step: the queue must hold them.")
 
   def momentum(self, step):
     return jnp.asarray(self.config.moco.momentum, jnp.float32)
@@ -86,11 +95,15 @@ class MoCo(base.MomentumMethod):
   def loss(self, params, batch_stats, extra, batch, rng, step, axis_name):
     del step
     m = self.config.moco
-    images_q, images_k = batch["views"]
+    views, n = batch["views"], batch["views"][0].shape[0]
+    # Asymmetric: view 1's queries, view 2's keys. Symmetric: also view 2's
+    # queries against view 1's keys.
+    query_views, key_views = (views, views[::-1]) if m.symmetric else (views[:1], views[1:])
     groups = base.groups_per_device(m.bn_groups, axis_name, "moco.bn_groups")
     # BN groups are device-local (axis_name=None); their statistics are averaged below.
     (_, (q, _), _, logits), batch_stats = base.apply_in_groups(
-        self.net(None), {"params": params, "batch_stats": batch_stats}, images_q, groups)
+        self.net(None), {"params": params, "batch_stats": batch_stats},
+        jnp.concatenate(query_views), groups * len(query_views))
 
     def key_projections(images):
       (_, (k, _), _, _), stats = base.apply_in_groups(
@@ -98,13 +111,19 @@ class MoCo(base.MomentumMethod):
           {"params": extra["key_params"], "batch_stats": extra["key_batch_stats"]}, images, groups)
       return k, stats
 
-    keys, key_batch_stats = shuffle_bn(key_projections, images_k, rng, axis_name)
-    keys = lax.stop_gradient(losses.l2_normalize(keys))
-    loss = losses.moco_infonce(q, parallel.own_rows(keys, q.shape[0], axis_name),
-                               extra["queue"], temperature=m.temperature)
-    queue, queue_ptr = base.enqueue(extra["queue"], extra["queue_ptr"], keys)
+    # Each key view is shuffled by a permutation of its own (the first by the
+    # step's, as asymmetric MoCo).
+    rngs = (rng, jax.random.fold_in(rng, 1))
+    keys, key_stats = zip(*(shuffle_bn(key_projections, images, r, axis_name)
+                            for images, r in zip(key_views, rngs)))
+    keys = [lax.stop_gradient(losses.l2_normalize(k)) for k in keys]
+    own_keys = jnp.concatenate([parallel.own_rows(k, n, axis_name) for k in keys])
+    # The mean over the queries of both views: the two directions' average.
+    loss = losses.moco_infonce(q, own_keys, extra["queue"], temperature=m.temperature)
+    queue, queue_ptr = base.enqueue(extra["queue"], extra["queue_ptr"], jnp.concatenate(keys))
+    key_batch_stats = jax.tree.map(lambda *s: sum(s) / len(s), *key_stats)
     extra = {**extra, "key_batch_stats": key_batch_stats, "queue": queue, "queue_ptr": queue_ptr}
-    return base.with_probe(parallel.pmean(loss, axis_name), logits, batch["label"], axis_name,
+    return base.with_probe(parallel.pmean(loss, axis_name), logits[:n], batch["label"], axis_name,
                            parallel.pmean(batch_stats, axis_name), extra)
 
 
