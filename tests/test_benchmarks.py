@@ -120,7 +120,16 @@ def test_pointwise_conv_benchmark_times_both_ways(tmp_path):
 def test_the_benchmark_modules_import_in_one_process():
   """absl flags are process-wide: two modules defining the same flag cannot both be
   imported (as test files sharing a pytest worker do)."""
-  from benchmarks import memory, scaling, throughput  # noqa: F401
+  from benchmarks import checkpoint_save, memory, scaling, throughput  # noqa: F401
+
+
+def test_checkpoint_save_times_each_save_of_the_whole_state():
+  """Our way only: orbax's default compiles a slice per device and array (a minute
+  on a loaded 2-core machine)."""
+  from benchmarks import checkpoint_save
+  from helpers import tiny_config
+  out = checkpoint_save.save_seconds(tiny_config(), "whole", saves=2)
+  assert out["arrays"] > 50 and len(out["seconds"]) == 2 and min(out["seconds"]) > 0
 
 
 def test_time_to_accuracy_records_a_curve_per_run(tmp_path):
