@@ -199,3 +199,6 @@ def test_long_run_watch_finds_the_trainer_and_bounds_growth(tmp_path):
   leaking = flat[:20] + run([1000] * 20, fds=11)
   assert long_run.verdict(leaking, **bounds)["new_fds"] == 1
   assert not long_run.verdict(leaking, **bounds)["ok"]
+  # An evaluation's threads and a checkpoint's files, while they last: no leak.
+  busy = flat[:25] + run([1000] * 2, fds=14, threads=80) + flat[27:]
+  assert long_run.verdict(busy, **bounds)["ok"]
