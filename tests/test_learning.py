@@ -18,8 +18,8 @@ from cvrl_jax import train
 def test_simclr_cpu_preset_learns_on_cifar10(tmp_path):
   c = simclr_v2.get_config("cpu")
   c.data_dir = SHARED_TFDS
-  # 120 steps: a 150-step run of this set-up measured 27.6% -> 34.5% at step 120
-  # (2026-12-01; 250 steps before, for the suite's time).
+  # 120 steps (250 before, for the suite's time): 27.6% -> 32.2% measured from a
+  # fresh clone on 2026-12-01; the bound leaves room for other machines' rounding.
   c.total_steps = 120
   c.optimizer.warmup_epochs = 0.05  # 20 steps
   c.eval_every_steps = c.checkpoint_every_steps = 120
@@ -29,4 +29,4 @@ def test_simclr_cpu_preset_learns_on_cifar10(tmp_path):
     knn = {r["step"]: r["knn_top1"] for r in map(json.loads, f) if "knn_top1" in r}
   print("kNN top-1 by step:", knn)
   assert set(knn) == {0, 120}
-  assert knn[120] >= knn[0] + 4.0, knn
+  assert knn[120] >= knn[0] + 3.0, knn
