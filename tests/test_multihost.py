@@ -309,11 +309,12 @@ def test_a_dead_process_stops_the_other_which_names_it_and_a_restart_resumes(
     # loaded machine): a start-up failure, not the fault under test; started again, once.
     shutil.rmtree(tmp_path / "simclr", ignore_errors=True)
     outputs, waited = _run_until_a_peer_dies(tmp_path, **{FAULT_ENV: "SIGKILL:1:4"})
-  survivor = outputs[0]
+  survivor, dead = outputs
+  # JAX's coordination service ends it, saying why; our start-up line says what to do.
+  assert "another task died" in survivor, (f"process 0:\n{survivor[-3000:]}\n"
+                                           f"process 1:\n{dead[-3000:]}")
   from cvrl_jax import parallel
   assert waited < parallel.HEARTBEAT_TIMEOUT_S + 60, waited
-  # JAX's coordination service ends it, saying why; our start-up line says what to do.
-  assert "another task died" in survivor, survivor[-3000:]
   assert "start every process again with the same command" in survivor
   assert sorted(os.listdir(tmp_path / "simclr" / "checkpoints")) == ["2"]
   print(f"the survivor exited {waited:.0f} s after its peer died")
