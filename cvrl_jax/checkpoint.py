@@ -54,7 +54,8 @@ def _save_replicated_arrays_whole_on_cpu() -> None:
   default (off on GPUs already) cuts each into one slice per replica, every
   slice an operation compiled and dispatched on its own: on 8 CPU devices the
   first save of a process took 10.6 s instead of 1.0 s for the ``cpu`` preset's
-  116 arrays (docs/benchmarks.md). Called once the backend is up (after
+  parameters and BatchNorm statistics (116 arrays; the whole state, 191 arrays:
+  docs/benchmarks.md). Called once the backend is up (after
   ``jax.distributed.initialize``)."""
   if jax.default_backend() == "cpu":
     ocp.type_handlers.register_type_handler(
