@@ -12,8 +12,9 @@ methods are written once for both cases.
 
 import glob
 import importlib.util
+import itertools
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,7 @@ import numpy as np
 from absl import logging
 from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec as P
+from orbax.checkpoint import multihost
 
 DATA = "data"
 
@@ -78,6 +80,47 @@ def initialize_distributed(environ: Optional[Mapping[str, str]] = None,
       "same command, and the run resumes from its latest checkpoint.",
       jax.process_count(), jax.process_index(), HEARTBEAT_TIMEOUT_S)
   return True
+
+
+# How long a process waits at ``wait_for_all_processes`` for the slowest one.
+BARRIER_TIMEOUT_S = 1800
+# Barrier names must not repeat; every process calls in the same order.
+_barrier_count = itertools.count()
+
+
+def wait_for_all_processes(name: str, timeout_s: int = BARRIER_TIMEOUT_S) -> None:
+  """Blocks until every process has called this with ``name``; no-op with one process.
+
+  Called before a run's first collective between processes. Gloo (the CPU
+  collectives) gives that first collective a fixed 30 s to connect every pair of
+  processes, and processes that compiled at different speeds (a loaded machine, a
+  slower host) miss it. This barrier is the coordination service's, not a collective:
+  it waits ``timeout_s``, and a peer that dies meanwhile still ends it through the
+  heartbeat.
+  """
+  multihost.get_barrier_sync_fn()(key=f"{name}_{next(_barrier_count)}",
+                                  timeout_ms=timeout_s * 1000)
+
+
+def first_run_together(jitted: Callable) -> Callable:
+  """``jitted``, but with several processes each new input signature is compiled,
+  then every process waits for the others (``wait_for_all_processes``), then it runs.
+
+  Compiling a train step takes each process its own time; the step's first
+  collective would otherwise start the gloo clock on the fastest one.
+  """
+  if jax.process_count() == 1:
+    return jitted
+  compiled = {}
+
+  def call(*args):
+    leaves, treedef = jax.tree.flatten(args)
+    key = (treedef, tuple((x.shape, x.dtype, getattr(x, "sharding", None)) for x in leaves))
+    if key not in compiled:
+      compiled[key] = jitted.lower(*args).compile()
+      wait_for_all_processes("cvrl_jax_compiled")
+    return compiled[key](*args)
+  return call
 
 
 def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:

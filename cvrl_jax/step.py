@@ -28,14 +28,19 @@ class TrainState(flax.struct.PyTreeNode):
 def create_train_state(method: methods.Method, tx: optax.GradientTransformation,
                        rng: jax.Array, image_shape: tuple[int, ...],
                        mesh: jax.sharding.Mesh) -> TrainState:
-  """Initialises replicated state directly on the mesh (nothing built on one device)."""
+  """Initialises replicated state directly on the mesh (nothing built on one device).
+
+  Every process then waits for the others: the run's first collective follows.
+  """
 
   def init(rng):
     params, batch_stats, extra = method.init(rng, jnp.zeros(image_shape, jnp.float32))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=batch_stats, opt_state=tx.init(params), extra=extra)
 
-  return jax.jit(init, out_shardings=parallel.replicated(mesh))(rng)
+  state = jax.jit(init, out_shardings=parallel.replicated(mesh))(rng)
+  parallel.wait_for_all_processes("cvrl_jax_train_state_created")
+  return state
 
 
 def make_train_step(method: methods.Method, tx: optax.GradientTransformation,
@@ -71,4 +76,4 @@ def make_train_step(method: methods.Method, tx: optax.GradientTransformation,
     state, metrics = step(state, batch, rng)
     return state, {k: clu_metrics.Average.from_model_output(v) for k, v in metrics.items()}
 
-  return jax.jit(train_step, donate_argnums=0)
+  return parallel.first_run_together(jax.jit(train_step, donate_argnums=0))

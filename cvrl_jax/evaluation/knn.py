@@ -65,10 +65,9 @@ def extract(features_fn: Callable[[dict], jax.Array],
 def method_features(method) -> Callable[[Any, dict], Any]:
   """Jitted (``method.features``, labels) of a global batch, from a train state:
   what pre-training's monitor evaluates."""
-  @jax.jit
   def features(state, batch):
     return method.features(state.params, state.batch_stats, batch["image"]), batch["label"]
-  return features
+  return parallel.first_run_together(jax.jit(features))
 
 
 def monitor(config: ml_collections.ConfigDict, features_fn: Callable[[Any, dict], Any],
