@@ -35,17 +35,34 @@ Variants (``--config=configs/moco_v2.py:NAME``):
   shared the cores part of the time). The InfoNCE loss stays near 7 (ln 4097 =
   8.3) and rises as the rate decays: in so short a run it is no measure of
   progress, the kNN monitor is.
+
+* ``mnist``: the ``cpu`` preset moved to the real MNIST by ``config_lib.use_mnist``
+  (28 px digits read as 3 equal channels, colour jitter reduced to brightness and
+  contrast, no flip; as in configs/simclr_v2.py:mnist), for 400 steps:
+
+      python -m cvrl_jax.main --config=configs/moco_v2.py:mnist \
+          --config.data_dir=../shared/tfds --workdir=/tmp/moco_v2_mnist
+
+  Measured 2026-12-01 on the 2-core CPU: the kNN monitor (bank: the first 10k
+  train digits; queries: all 10k test digits) went from 35.69% at step 0 (random
+  init) to 69.07% at step 400, and to 64.39% in the same run with flips (the
+  ``cpu`` recipe); online probe 32% train top-1. Raw pixels under the same kNN
+  reach 91.93%, above both. 13.1 min while other jobs loaded the two cores (load
+  average 7-9, 50-160 images/s logged); the run with flips took 8.9 min as the
+  load fell (up to 246 images/s).
 """
 
 import ml_collections
 
 from configs import moco_v1
+from cvrl_jax import config as config_lib
 
-VARIANTS = moco_v1.VARIANTS
+VARIANTS = moco_v1.VARIANTS + ("mnist",)
 
 
 def get_config(variant: str = "imagenet") -> ml_collections.ConfigDict:
-  c = moco_v1.get_config(variant)
+  config_lib.check_variant(variant, VARIANTS)
+  c = moco_v1.get_config("cpu" if variant == "mnist" else variant)
   c.head.update(num_layers=2, hidden_dim=2048)
   c.moco.temperature = 0.2
   c.optimizer.schedule = "cosine"
@@ -55,6 +72,9 @@ def get_config(variant: str = "imagenet") -> ml_collections.ConfigDict:
     return c
   c.head.hidden_dim = 512
   c.augment.blur_p = (0.0, 0.0)
-  if variant == "cpu":
+  if variant in ("cpu", "mnist"):
     c.head.hidden_dim = 128
+  if variant == "mnist":
+    c.total_steps = 400
+    config_lib.use_mnist(c)
   return c

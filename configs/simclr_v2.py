@@ -1,7 +1,11 @@
 r"""SimCLR v2 (Chen et al. 2020, "Big Self-Supervised Models are Strong
 Semi-Supervised Learners").
 
-    python -m cvrl_jax.main --config=configs/simclr_v2.py --workdir=/tmp/simclr_v2
+    python -m cvrl_jax.main --config=configs/simclr_v2.py
+
+(the workdir defaults to runs/simclr_v2; without ImageNet prepared for TFDS the
+run stops at once saying how to prepare it: ``tfds build imagenet2012
+--manual_dir=...`` and ``--config.data_dir``).
 
 ImageNet (default): ResNet-50 1x (the paper's R152-3x+SK: --config.model.depth=152
 --config.model.width_multiplier=3 --config.model.sk_ratio=0.0625), 224 px,
@@ -33,13 +37,30 @@ Variants (``--config=configs/simclr_v2.py:NAME``):
   encoder (step 0) -> 37.8% at step 350 -> 38.7% at step 700; the online linear
   probe reaches ~29% train top-1. Wall time 19.8 min, measured while another
   training shared the two cores (85-120 images/s logged).
+
+* ``mnist``: the ``cpu`` preset on the real MNIST at its 28 px
+  (``config_lib.use_mnist``: digits read as 3 equal channels; brightness and
+  contrast 0.4, saturation, hue and grayscale skipped, crops of 20-100%, no flip),
+  300 steps (0.64 epochs), kNN monitor at the start and the end only:
+
+      python -m cvrl_jax.main --config=configs/simclr_v2.py:mnist \
+          --config.data_dir=../shared/tfds --workdir=/tmp/simclr_mnist
+
+  Measured 2026-12-01 on the 2-core CPU (8 simulated devices): kNN top-1 (bank:
+  the first 10k train digits; queries: all 10k test digits) 37.01% for the randomly
+  initialised encoder (step 0) -> 81.54% at step 300 (with flips, as the ``cpu``
+  preset: 79.47%); the online linear probe reaches 59% train top-1. The same kNN
+  on the raw pixels gives 91.93%: so short a run of so small an encoder learns,
+  but stays below that baseline. Wall time 17.8 min, measured while other jobs
+  loaded the two cores (load average 8-12, 26-57 images/s logged); the run with
+  flips took 11.3 min under less load (0.8 steps/s over its first 150 steps).
 """
 
 import ml_collections
 
 from cvrl_jax import config as config_lib
 
-VARIANTS = ("imagenet", "cifar10", "cifar10_r50", "cpu")
+VARIANTS = ("imagenet", "cifar10", "cifar10_r50", "cpu", "mnist")
 
 
 def get_config(variant: str = "imagenet") -> ml_collections.ConfigDict:
@@ -56,10 +77,12 @@ def get_config(variant: str = "imagenet") -> ml_collections.ConfigDict:
   c.head.hidden_dim = 2048 if variant == "cifar10_r50" else 512
   c.augment.update(color_strength=0.5, blur_p=(0.0, 0.0))
   c.optimizer.update(base_lr=1.0, lr_scaling="linear", weight_decay=1e-4)
-  if variant == "cpu":
-    config_lib.use_cpu(c, total_steps=700)
+  if variant in ("cpu", "mnist"):
+    config_lib.use_cpu(c, total_steps=300 if variant == "mnist" else 700)
     c.head.update(hidden_dim=128, output_dim=64)
     # 700 steps instead of 100k: 4x the recipe's rate (2.0 at batch 128) learns
     # clearly faster under LARS (250-step runs: kNN +8.5 points vs +3.1 at 1.0).
     c.optimizer.base_lr = 4.0
+  if variant == "mnist":
+    config_lib.use_mnist(c)
   return c

@@ -70,9 +70,12 @@ def base_config(method: str) -> ml_collections.ConfigDict:
 
   c.augment = ml_collections.ConfigDict(dict(
       crop_area=(0.08, 1.0),
+      flip=True,  # random horizontal flip of each crop (off for digits: use_mnist)
       # Colour jitter: SimCLR's strength s gives (0.8 s, 0.8 s, 0.8 s, 0.2 s) for
       # (brightness, contrast, saturation, hue), unless color_jitter_strengths
-      # gives them (MoCo v2, BYOL); applied with probability color_p.
+      # gives them (MoCo v2, BYOL); applied with probability color_p. Grayscale
+      # data (read as 3 equal channels) stays gray under every op; saturation, hue
+      # and grayscale_p change nothing there, so the mnist presets set them to 0.
       color_strength=1.0, color_jitter_strengths=config_dict.placeholder(tuple), color_p=0.8,
       grayscale_p=0.2,
       blur_p=(0.5, 0.5), solarize_p=(0.0, 0.0),  # one per view, or one for all
@@ -129,6 +132,19 @@ def view_setting(config: ml_collections.ConfigDict, name: str, view: int):
   return value[view]
 
 
+def jitter_strengths(aug: ml_collections.ConfigDict) -> tuple[float, float, float, float]:
+  """(brightness, contrast, saturation, hue) of ``config.augment``, as
+  augment.color_jitter derives them from ``color_strength`` unless given."""
+  explicit = aug.color_jitter_strengths
+  if explicit is not None:
+    if len(explicit) != 4:
+      raise ValueError("color_jitter_strengths must be (brightness, contrast, "
+                       f"saturation, hue), got {explicit}.")
+    return tuple(float(v) for v in explicit)
+  s = float(aug.color_strength)
+  return (0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)
+
+
 def use_cifar10(c: ml_collections.ConfigDict, depth: int = 18) -> ml_collections.ConfigDict:
   """Dataset, model and schedule of the SimCLR README's CIFAR-10 runs (any method).
 
@@ -155,6 +171,33 @@ def use_cpu(c: ml_collections.ConfigDict, total_steps: int) -> ml_collections.Co
            eval_every_steps=total_steps // 2, checkpoint_every_steps=total_steps // 2)
   c.optimizer.warmup_epochs = 0.2  # 10% of the steps, like SimCLR's 10 of 100 epochs
   c.knn.update(num_train_examples=10_000, num_eval_examples=2_000, batch_size=512)
+  return c
+
+
+MNIST_TRAIN_EXAMPLES = 60_000
+
+
+def use_mnist(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """MNIST at its own 28 px in place of CIFAR-10, in a ``use_cpu`` preset.
+
+  The digits are read as 3 equal channels (``data/sources.py``). Of the colour
+  augmentation only brightness and contrast act on them: saturation, hue and the
+  grayscale conversion are skipped (set to 0), because a gray image has no colour
+  for them to change; a recipe that keeps them gets the same views at more cost
+  (on R = G = B they leave the image gray: tests/test_mnist.py). Crops cover at
+  least 20% of the image (MoCo's floor; 8% of a 28 px digit is an 8 px patch,
+  often blank) and are not flipped (a mirrored 2 or 7 is no digit). The kNN
+  monitor runs at the start and the end only, with the first 10k train images as
+  its bank and all 10k test images as queries.
+  """
+  brightness, contrast, _, _ = jitter_strengths(c.augment)
+  c.update(dataset="mnist", image_size=28, eval_every_steps=c.total_steps,
+           checkpoint_every_steps=c.total_steps)
+  c.augment.update(crop_area=(0.2, 1.0), flip=False, grayscale_p=0.0,
+                   color_jitter_strengths=(brightness, contrast, 0.0, 0.0))
+  # 10% of the steps, as use_cpu's 0.2 epochs are on CIFAR-10.
+  c.optimizer.warmup_epochs = 0.1 * c.total_steps * c.batch_size / MNIST_TRAIN_EXAMPLES
+  c.knn.update(num_train_examples=10_000, num_eval_examples=0)
   return c
 
 

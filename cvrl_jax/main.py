@@ -1,8 +1,15 @@
-"""Entry point: ``python -m cvrl_jax.main --config=configs/simclr_v2.py --workdir=DIR``.
+"""Entry point: ``python -m cvrl_jax.main --config=configs/simclr_v2.py [--workdir=DIR]``.
 
 The config's ``task`` picks the run: pre-training (no ``task`` key), or an
 evaluation of a pre-trained workdir (configs/linear_eval.py, finetune.py,
 distill.py, knn_eval.py). Each is a module with ``train_and_evaluate(config, workdir)``.
+
+Without ``--workdir`` the run goes to ``runs/<config file>_<variant>`` under the
+current directory (``runs/simclr_v2`` for ``--config=configs/simclr_v2.py``,
+``runs/simclr_v2_cpu`` for ``:cpu``), printed at the start: typing the same command
+again resumes that run. ``--config.KEY`` overrides do not change the name, so a
+run with other settings wants a ``--workdir`` of its own. A dataset that is not
+prepared stops the run with how to prepare it, before anything is written.
 """
 
 import importlib
@@ -23,12 +30,16 @@ import jax  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from cvrl_jax import parallel  # noqa: E402
+from cvrl_jax.data import sources  # noqa: E402
+
+RUNS_DIR = "runs"  # where runs without --workdir go, under the current directory
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl and TensorBoard go here.")
+flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl and TensorBoard go here; "
+                    f"default: {RUNS_DIR}/<config file>_<variant> in the current directory.")
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/simclr_v2.py:cpu.",
                                 lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["config"])
 
 TASKS = {
     "pretrain": "cvrl_jax.train",
@@ -44,6 +55,14 @@ class _QuietLibraries(py_logging.Filter):
 
   def filter(self, record: py_logging.LogRecord) -> bool:
     return record.levelno > py_logging.INFO or "/orbax/" not in record.pathname
+
+
+def default_workdir(config_arg: str) -> str:
+  """The workdir of ``--config=config_arg`` without ``--workdir``, absolute: the
+  config file's name and the variant, e.g. ``runs/simclr_v2_cpu``."""
+  path, _, variant = config_arg.partition(":")
+  name = os.path.splitext(os.path.basename(path))[0]
+  return os.path.abspath(os.path.join(RUNS_DIR, f"{name}_{variant}" if variant else name))
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -76,7 +95,13 @@ def main(argv):
   task = FLAGS.config.task
   if task not in TASKS:
     raise app.UsageError(f"config.task={task!r}: use one of {sorted(TASKS)}.")
-  importlib.import_module(TASKS[task]).train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  workdir = FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS["config"]))
+  logging.info("Workdir: %s%s", workdir, "" if FLAGS.workdir else
+               " (the default for this config; choose another with --workdir=DIR)")
+  try:
+    importlib.import_module(TASKS[task]).train_and_evaluate(FLAGS.config, workdir)
+  except sources.DatasetNotFoundError as e:
+    raise SystemExit(str(e)) from None
 
 
 if __name__ == "__main__":

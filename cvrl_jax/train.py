@@ -37,12 +37,12 @@ def num_train_steps(config: ml_collections.ConfigDict, num_examples: int) -> tup
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Pre-trains ``config.method``; returns the last logged metrics."""
-  loop.make_workdir(workdir)
   mesh = parallel.make_mesh(config.num_devices or None)
   local_batch = parallel.check_batch_size(config.batch_size, mesh)
   num_examples = config.num_train_examples or sources.num_examples(config, config.train_split)
   total_steps, steps_per_epoch = num_train_steps(config, num_examples)
   num_classes = sources.num_classes(config)
+  loop.make_workdir(workdir)  # after the data is found: a missing dataset writes nothing
   method = methods.get_method(config, num_classes, total_steps)
   tx, schedule = optim.create_optimizer(config, config.batch_size, total_steps,
                                         steps_per_epoch)

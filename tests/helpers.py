@@ -25,18 +25,20 @@ from cvrl_jax import checkpoint, methods, optim, parallel, step as step_lib, tra
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_main(*args):
-  """``python -m cvrl_jax.main ARGS`` from the repository root, as a user types it."""
+def run_main(*args, **env):
+  """``python -m cvrl_jax.main ARGS`` from the repository root, as a user types it,
+  with ``env`` (e.g. ``TFDS_DATA_DIR``) added to the environment."""
   import subprocess
   import sys
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **env}
   return subprocess.run([sys.executable, "-m", "cvrl_jax.main", *args], cwd=ROOT,
                         env=env, capture_output=True, text=True, timeout=300)
 
 
-def tiny_config(**overrides):
-  """``simclr_v2.py:cpu`` shrunk to seconds: 16 px, width x0.125, 4 steps of 16 images."""
-  c = simclr_v2.get_config("cpu")
+def tiny_config(variant: str = "cpu", **overrides):
+  """``simclr_v2.py:cpu`` (or ``variant``) shrunk to seconds: 16 px, width x0.125, 4
+  steps of 16 images."""
+  c = simclr_v2.get_config(variant)
   c.data_dir = SHARED_TFDS
   c.image_size = 16
   c.model.width_multiplier = 0.125
@@ -55,10 +57,10 @@ def tiny_config(**overrides):
   return c
 
 
-def tiny_moco_config(module, **overrides):
-  """A MoCo v1 / v2 / v3 cpu preset shrunk like ``tiny_config`` (a queue that wraps
-  mid-batch; v3 at a fixed rate and momentum)."""
-  c = module.get_config("cpu")
+def tiny_moco_config(module, variant: str = "cpu", **overrides):
+  """A MoCo v1 / v2 / v3 cpu preset (or ``variant``) shrunk like ``tiny_config`` (a
+  queue that wraps mid-batch; v3 at a fixed rate and momentum)."""
+  c = module.get_config(variant)
   c.update(data_dir=SHARED_TFDS, image_size=16, batch_size=16, num_train_examples=512,
            total_steps=4, log_every_steps=1, eval_every_steps=1000,
            checkpoint_every_steps=1000)

@@ -1,9 +1,10 @@
-"""The command line: config overrides, variants and refusals."""
+"""The command line: config overrides, variants, refusals, the default workdir, a
+missing dataset."""
 
 import os
 
 import pytest
-from helpers import run_main
+from helpers import ROOT, run_main
 
 
 @pytest.mark.parametrize("override, message", [
@@ -21,4 +22,27 @@ def test_bad_override_is_refused_in_one_clear_message(tmp_path, override, messag
 
 def test_unknown_variant_names_the_choices(tmp_path):
   r = run_main("--config=configs/simclr_v2.py:cifar100", f"--workdir={tmp_path}")
-  assert r.returncode != 0 and "use imagenet, cifar10, cifar10_r50 or cpu" in r.stderr
+  assert r.returncode != 0 and "use imagenet, cifar10, cifar10_r50, cpu or mnist" in r.stderr
+
+
+def test_default_workdir_is_named_after_the_config_and_variant():
+  from cvrl_jax import main
+  assert main.default_workdir("configs/simclr_v2.py") == os.path.abspath("runs/simclr_v2")
+  assert main.default_workdir("/x/configs/moco_v2.py:mnist") == os.path.abspath(
+      "runs/moco_v2_mnist")
+
+
+def test_the_bare_design_card_command_prints_its_workdir_and_how_to_prepare_imagenet(
+    tmp_path):
+  """``python -m cvrl_jax.main --config=configs/simclr_v2.py`` typed as it is, on a
+  machine without ImageNet (an empty TFDS data dir)."""
+  workdir = os.path.join(ROOT, "runs", "simclr_v2")
+  existed = os.path.exists(workdir)
+  r = run_main("--config=configs/simclr_v2.py", TFDS_DATA_DIR=str(tmp_path))
+  assert r.returncode != 0 and "Traceback" not in r.stderr
+  assert f"Workdir: {workdir} (the default for this config" in r.stderr
+  assert f"Dataset 'imagenet2012' is not prepared in {tmp_path}" in r.stderr
+  for step in ("ILSVRC2012_img_train.tar", "tfds build imagenet2012 --data_dir=DIR "
+               "--manual_dir=MANUAL", "--config.data_dir=DIR"):
+    assert step in r.stderr
+  assert os.path.exists(workdir) == existed  # nothing written before the data is found

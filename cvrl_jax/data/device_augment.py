@@ -84,23 +84,12 @@ def batch_shapes(config: ml_collections.ConfigDict, batch: int) -> dict:
   return shapes
 
 
-def jitter_strengths(aug: ml_collections.ConfigDict) -> tuple[float, float, float, float]:
-  """(brightness, contrast, saturation, hue) as augment.color_jitter derives them."""
-  explicit = aug.color_jitter_strengths
-  if explicit is not None:
-    if len(explicit) != 4:
-      raise ValueError("color_jitter_strengths must be (brightness, contrast, "
-                       f"saturation, hue), got {explicit}.")
-    return tuple(float(v) for v in explicit)
-  s = float(aug.color_strength)
-  return (0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)
-
-
 def view_recipes(config: ml_collections.ConfigDict) -> tuple[ViewRecipe, ...]:
   """One recipe per view: per-view blur / solarize read like the host pipeline's."""
   aug = config.augment
   return tuple(
-      ViewRecipe(jitter=jitter_strengths(aug), color_p=float(aug.color_p), grayscale_p=float(aug.grayscale_p),
+      ViewRecipe(jitter=config_lib.jitter_strengths(aug), color_p=float(aug.color_p),
+                 grayscale_p=float(aug.grayscale_p),
                  blur_p=float(config_lib.view_setting(config, "blur_p", v)),
                  solarize_p=float(config_lib.view_setting(config, "solarize_p", v)))
       for v in range(config.num_views))

@@ -42,7 +42,7 @@ def _crop_fn(config: ml_collections.ConfigDict, size: int, crop_area, blur_p, so
   def fn(image, seed):
     return augment.simclr_view(
         _to_float(image), seed, size=size,
-        crop_area=tuple(crop_area), color_strength=aug.color_strength,
+        crop_area=tuple(crop_area), flip=aug.flip, color_strength=aug.color_strength,
         color_jitter_strengths=aug.color_jitter_strengths,
         color_p=aug.color_p, grayscale_p=aug.grayscale_p, blur_p=blur_p,
         solarize_p=solarize_p)
@@ -64,7 +64,8 @@ def _crop_only_fn(config: ml_collections.ConfigDict):
 
   def fn(image, seed):
     view = augment.simclr_view(_to_float(image), seed, size=size, crop_area=crop_area,
-                               color_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0)
+                               flip=config.augment.flip, color_p=0.0, grayscale_p=0.0,
+                               blur_p=0.0, solarize_p=0.0)
     return tf.cast(tf.round(view * 255.0), tf.uint8)
   return fn
 

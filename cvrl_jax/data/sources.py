@@ -2,6 +2,14 @@
 
 Nothing is ever downloaded: a dataset that is not prepared where the config
 points fails at once with a message saying how to prepare it.
+
+Every image leaves this module as uint8 ``[H, W, 3]``, whatever its file holds:
+grayscale (MNIST) is repeated to three equal channels and an alpha channel is
+dropped (``as_rgb``; image folders decode with ``channels=3``, the same rule, so a
+folder that mixes grayscale, RGB and RGBA files is read as one RGB dataset). Three
+channels rather than a 1-channel model: every encoder, the torchvision export
+and encoders pre-trained on RGB data then work on grayscale data unchanged, at the
+cost of the first convolution's three identical inputs.
 """
 
 import functools
@@ -34,15 +42,25 @@ def _data_dir(config: ml_collections.ConfigDict) -> Optional[str]:
 
 def _how_to_get(name: str, data_dir: Optional[str]) -> str:
   where = data_dir or "~/tensorflow_datasets (the TFDS default)"
-  return (
-      f"Dataset '{name}' is not prepared in {where}, and this run never downloads.\n"
-      f"To fix it: on a machine with internet access run\n"
-      f"    tfds build {name.split('/')[0]} --data_dir=DIR\n"
-      f"(ImageNet needs its archives placed by hand in DIR/downloads/manual first: "
-      f"see https://www.tensorflow.org/datasets/catalog/imagenet2012), then point "
-      f"the run at it with --config.data_dir=DIR or TFDS_DATA_DIR=DIR. For your own "
-      f"images use --config.dataset=image_folder --config.data_dir=ROOT with "
-      f"ROOT/<split>/<class>/<image>.")
+  build = name.split("/")[0]
+  if build.startswith("imagenet2012"):  # imagenet2012, imagenet2012_subset: by hand
+    steps = (
+        "ImageNet cannot be downloaded by TFDS. To prepare it once:\n"
+        "  1. register at https://image-net.org/download-images and download "
+        "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar into a folder MANUAL;\n"
+        f"  2. run  tfds build {build} --data_dir=DIR --manual_dir=MANUAL\n"
+        "     (https://www.tensorflow.org/datasets/catalog/imagenet2012);\n"
+        "  3. point the run at it with --config.data_dir=DIR or TFDS_DATA_DIR=DIR.\n"
+        "To try the code without ImageNet, pick a small variant, e.g. "
+        "--config=configs/simclr_v2.py:cpu (CIFAR-10) or :mnist, with "
+        "--config.data_dir=../shared/tfds.")
+  else:
+    steps = ("To fix it: on a machine with internet access run\n"
+             f"    tfds build {build} --data_dir=DIR\n"
+             "then point the run at it with --config.data_dir=DIR or TFDS_DATA_DIR=DIR.")
+  return (f"Dataset '{name}' is not prepared in {where}, and this run never downloads.\n"
+          f"{steps} For your own images use --config.dataset=image_folder "
+          "--config.data_dir=ROOT with ROOT/<split>/<class>/<image>.")
 
 
 def _image_folder_root(config: ml_collections.ConfigDict) -> str:
@@ -53,6 +71,20 @@ def _image_folder_root(config: ml_collections.ConfigDict) -> str:
         f"dataset=image_folder needs --config.data_dir=ROOT with images in "
         f"ROOT/<split>/<class>/*.jpg; got data_dir={data_dir!r}.")
   return data_dir
+
+
+def as_rgb(image: tf.Tensor) -> tf.Tensor:
+  """``image`` [H, W, C] as [H, W, 3]: grayscale (C = 1, or 2 with alpha) repeated to
+  three channels, RGB(A) without alpha; the rule of ``tf.io.decode_image(channels=3)``."""
+  gray = lambda: tf.image.grayscale_to_rgb(image[..., :1])
+  rgb = lambda: image[..., :3]
+  channels = image.shape[-1]
+  if channels is None:  # known per image only
+    return tf.cond(tf.shape(image)[-1] < 3, gray, rgb)
+  if channels not in (1, 2, 3, 4):
+    raise ValueError(f"Images with {channels} channels: cvrl_jax reads grayscale (1), "
+                     f"grayscale + alpha (2), RGB (3) or RGBA (4) images.")
+  return gray() if channels < 3 else rgb()
 
 
 def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
@@ -92,7 +124,7 @@ def class_names(config: ml_collections.ConfigDict) -> list[str]:
 
 def read(config: ml_collections.ConfigDict, split: str, num: Optional[int] = None
          ) -> tf.data.Dataset:
-  """Decoded {image uint8, label} of this process's part of ``split`` (its first
+  """Decoded {image uint8 [H, W, 3], label} of this process's part of ``split`` (its first
   ``num`` examples if given), in the split's order."""
   builder = get_builder(config)
   if config.dataset == IMAGE_FOLDER:  # no sub-split API: take and shard
@@ -103,7 +135,7 @@ def read(config: ml_collections.ConfigDict, split: str, num: Optional[int] = Non
     split = f"{split}[:{num}]" if num else split
     split = tfds.split_for_jax_process(split, drop_remainder=False)
     ds = builder.as_dataset(split=split, shuffle_files=False)
-  return ds.map(lambda x: {"image": x["image"], "label": x["label"]},
+  return ds.map(lambda x: {"image": as_rgb(x["image"]), "label": x["label"]},
                 num_parallel_calls=tf.data.AUTOTUNE)
 
 
@@ -123,7 +155,7 @@ def read_indexed(config: ml_collections.ConfigDict, split: str,
     ds = ds.filter(lambda i, x: tf.gather(keep, i))
   mark = tf.constant(np.ones(total, np.float32) if labelled is None
                      else np.isin(np.arange(total), labelled).astype(np.float32))
-  ds = ds.map(lambda i, x: {"image": x["image"], "label": tf.cast(x["label"], tf.int32),
+  ds = ds.map(lambda i, x: {"image": as_rgb(x["image"]), "label": tf.cast(x["label"], tf.int32),
                             "labelled": tf.gather(mark, i)},
               num_parallel_calls=tf.data.AUTOTUNE)
   return ds.shard(jax.process_count(), jax.process_index())
