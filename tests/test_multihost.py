@@ -319,48 +319,43 @@ def _run_until_a_peer_dies(workdir, **env_extra) -> tuple[list[str], float]:
   return [survivor, dead], waited
 
 
-def test_a_dead_process_stops_the_other_which_names_it_and_a_restart_resumes(
+def test_a_dead_process_then_a_preempted_one_cost_no_step_past_the_last_checkpoint(
     runs, tmp_path):
-  """kill -9 of process 1 before its step 4: process 0 exits by itself once process 1
-  has missed parallel.HEARTBEAT_TIMEOUT_S of heartbeats, saying a peer died; both started again resume from step 2 (the last complete
-  checkpoint) and train the uninterrupted run's losses."""
-  outputs, waited = _run_until_a_peer_dies(tmp_path, **{FAULT_ENV: "SIGKILL:1:4"})
-  survivor, dead = outputs
+  """Two faults of one run, then its end (a launch saved against testing each alone).
+
+  1. kill -9 of process 1 before its step 4: process 0 exits by itself once process 1
+     has missed ``parallel.HEARTBEAT_TIMEOUT_S`` of heartbeats, saying a peer died.
+  2. Both started again resume from step 2 (the last complete checkpoint); process 1
+     alone gets SIGTERM (one worker of a slice preempted) before its second step
+     there: both stop at the same step after saving it together, and exit cleanly.
+  3. Both started again resume there and finish with the uninterrupted run's losses.
+  """
+  import re
+  from cvrl_jax import parallel
+  (survivor, dead), waited = _run_until_a_peer_dies(tmp_path, **{FAULT_ENV: "SIGKILL:1:4"})
   # JAX's coordination service ends it, saying why; our start-up line says what to do.
   assert "another task died" in survivor, (f"process 0:\n{survivor[-3000:]}\n"
                                            f"process 1:\n{dead[-3000:]}")
-  from cvrl_jax import parallel
   assert waited < parallel.HEARTBEAT_TIMEOUT_S + 60, waited
   assert "start every process again with the same command" in survivor
   assert sorted(os.listdir(tmp_path / "simclr" / "checkpoints")) == ["2"]
   print(f"the survivor exited {waited:.0f} s after its peer died")
 
-  _launch(tmp_path, 2, 4, **{FAULT_ENV: ""})
-  logged = [r["step"] for r in _metrics(tmp_path / "simclr") if "loss" in r]
-  assert logged == [1, 2, 3, 3, 4, 5, 6], logged  # steps 3-6 again, from step 2
-  resumed, straight = _losses(tmp_path / "simclr"), _losses(runs[1] / "simclr")
-  assert sorted(resumed) == list(range(1, STEPS + 1))
-  for step in range(3, STEPS + 1):
-    assert resumed[step] == pytest.approx(straight[step], rel=1e-6), step
-
-
-def test_sigterm_on_one_process_stops_all_at_one_step_with_one_checkpoint(runs, tmp_path):
-  """Process 1 alone gets SIGTERM (one worker of a slice preempted) before its step 3:
-  both processes stop at the same step after saving it together, exit cleanly, and the
-  restart resumes there with the uninterrupted run's losses."""
-  import re
-  outputs = _launch(tmp_path, 2, 4, **{FAULT_ENV: "SIGTERM:1:3"})
+  outputs = _launch(tmp_path, 2, 4, **{FAULT_ENV: "SIGTERM:1:2"})
   stops = [re.findall(r"Stopped at step (\d+) after preemption", out) for out in outputs]
   assert stops[0] and stops[0] == stops[1], [o[-2000:] for o in outputs]
   stop = int(stops[0][0])
-  assert 3 <= stop < STEPS
+  assert 4 <= stop < STEPS
   saved = sorted(int(n) for n in os.listdir(tmp_path / "simclr" / "checkpoints"))
   assert saved[-1] == stop
 
   _launch(tmp_path, 2, 4, **{FAULT_ENV: ""})
+  logged = [r["step"] for r in _metrics(tmp_path / "simclr") if "loss" in r]
+  # steps 3.. again from step 2, then stop+1.. from the preemption's checkpoint
+  assert logged == [1, 2, 3, *range(3, stop + 1), *range(stop + 1, STEPS + 1)], logged
   resumed, straight = _losses(tmp_path / "simclr"), _losses(runs[1] / "simclr")
   assert sorted(resumed) == list(range(1, STEPS + 1))
-  for step in range(stop + 1, STEPS + 1):
+  for step in range(3, STEPS + 1):
     assert resumed[step] == pytest.approx(straight[step], rel=1e-6), step
 
 
