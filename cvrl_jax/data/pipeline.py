@@ -132,9 +132,12 @@ def train_dataset(config: ml_collections.ConfigDict, local_batch: int,
   ``multicrop.num_small`` arrays [local_batch, s, s, 3]. Labels feed only the
   online linear monitor. With ``augment.on_device`` the views are cropped and
   flipped only, uint8, and "aug_seed" [local_batch, 2] uint32 keys the rest of
-  their augmentation in the step (``device_augment``).
+  their augmentation in the step (``device_augment``). With ``example_index`` (InstDisc's
+  memory bank), "index" [local_batch] int32: each example's position in the split
+  (``sources.read``).
   """
-  ds = sources.read(config, config.train_split, config.num_train_examples or None)
+  ds = sources.read(config, config.train_split, config.num_train_examples or None,
+                    with_index=config.example_index)
   n = int(ds.cardinality())
   if n < local_batch:
     raise ValueError(f"{config.dataset}:{config.train_split} has {n} examples on "
@@ -154,6 +157,8 @@ def train_dataset(config: ml_collections.ConfigDict, local_batch: int,
     seeds = tf.random.experimental.stateless_split(base, len(views))
     out = {"views": tuple(v(x["image"], seeds[i]) for i, v in enumerate(views)),
            "label": tf.cast(x["label"], tf.int32)}
+    if config.example_index:
+      out["index"] = tf.cast(x["index"], tf.int32)
     if on_device:
       out["aug_seed"] = _device_seed(base)
     if num_small:

@@ -122,21 +122,42 @@ def class_names(config: ml_collections.ConfigDict) -> list[str]:
   return list(get_builder(config).info.features["label"].names)
 
 
-def read(config: ml_collections.ConfigDict, split: str, num: Optional[int] = None
-         ) -> tf.data.Dataset:
+def read(config: ml_collections.ConfigDict, split: str, num: Optional[int] = None,
+         with_index: bool = False) -> tf.data.Dataset:
   """Decoded {image uint8 [H, W, 3], label} of this process's part of ``split`` (its first
-  ``num`` examples if given), in the split's order."""
+  ``num`` examples if given), in the split's order.
+
+  ``with_index``: also "index" (int64), the example's position in the whole (or first
+  ``num`` of the) split as the processes read it together: unique, in [0, N), the same
+  every epoch and every restart with the same number of processes (InstDisc's bank row).
+  """
   builder = get_builder(config)
   if config.dataset == IMAGE_FOLDER:  # no sub-split API: take and shard
     ds = image_folder(config, split)
     ds = ds.take(num) if num else ds
+    ds = _with_position(ds, 0) if with_index else ds  # before the shard: process p has p, p + P, ...
     ds = ds.shard(jax.process_count(), jax.process_index())
   else:
     split = f"{split}[:{num}]" if num else split
-    split = tfds.split_for_jax_process(split, drop_remainder=False)
-    ds = builder.as_dataset(split=split, shuffle_files=False)
-  return ds.map(lambda x: {"image": as_rgb(x["image"]), "label": x["label"]},
+    ds = builder.as_dataset(split=tfds.split_for_jax_process(split, drop_remainder=False),
+                            shuffle_files=False)
+    ds = _with_position(ds, _first_position(builder, split)) if with_index else ds
+  keys = ("label", "index") if with_index else ("label",)
+  return ds.map(lambda x: {"image": as_rgb(x["image"]), **{k: x[k] for k in keys}},
                 num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _with_position(ds: tf.data.Dataset, first: int) -> tf.data.Dataset:
+  """``ds`` with "index": ``first`` + each example's position in it."""
+  return ds.enumerate(first).map(lambda i, x: {**x, "index": i})
+
+
+def _first_position(builder: tfds.core.DatasetBuilder, split: str) -> int:
+  """Examples of ``split`` that the processes before this one read:
+  ``tfds.split_for_jax_process`` hands the processes consecutive parts, in order."""
+  return sum(builder.info.splits[tfds.split_for_jax_process(
+      split, process_index=p, drop_remainder=False)].num_examples
+             for p in range(jax.process_index()))
 
 
 def read_indexed(config: ml_collections.ConfigDict, split: str,
