@@ -96,26 +96,33 @@ def peak_flops(devices: list[jax.Device]) -> tuple[float, str]:
   raise ValueError(f"No peak FLOP/s known for {kind!r}: pass --peak_flops.")
 
 
-def input_throughput(config, local_batch: int, num_batches: int,
-                     threads: int = 0) -> float:
-  """Images/s of the augmentation pipeline alone (after its first batch).
+def dataset_throughput(ds, local_batch: int, num_batches: int, threads: int = 0) -> float:
+  """Images/s of ``num_batches`` batches of ``local_batch`` from the tf.data ``ds``,
+  after its first (which fills the shuffle buffer and starts the threads).
 
   ``threads`` > 0 limits tf.data to that many threads (per-core throughput).
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from cvrl_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  ds = pipeline.train_dataset(config, local_batch)
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   if threads:
     options = tf.data.Options()
     options.threading.private_threadpool_size = threads
     options.threading.max_intra_op_parallelism = 1
     ds = ds.with_options(options)
-  it = pipeline.as_numpy(ds)
+  it = iter(tfds.as_numpy(ds))
   next(it)
   start = time.perf_counter()
   for _ in range(num_batches):
     next(it)
   return num_batches * local_batch / (time.perf_counter() - start)
+
+
+def input_throughput(config, local_batch: int, num_batches: int,
+                     threads: int = 0) -> float:
+  """Images/s of the augmentation pipeline alone (after its first batch)."""
+  from cvrl_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  return dataset_throughput(pipeline.train_dataset(config, local_batch), local_batch,
+                            num_batches, threads)
 
 
 def lower_step(method, tx, config, mesh: jax.sharding.Mesh, batch: int) -> jax.stages.Lowered:

@@ -37,13 +37,30 @@ Variants (``--config=configs/byol.py:NAME``):
   (step 0) -> 34.25% at step 250 -> 34.4% at step 500; the online linear probe
   reaches ~25% train top-1. Wall time 10.2 min (67-128 images/s logged; other
   jobs shared the cores part of the time).
+
+* ``imagenette``: the ``cpu`` preset on real ImageNet photographs (Imagenette's
+  224 px JPEGs as an image folder; ``config_lib.use_imagenette``: crops to 96 px,
+  ResNet-18 x0.25 with the ImageNet stem, host augmentation, kNN on all of val),
+  1500 steps (20 epochs) of batch 128, as configs/simclr_v2.py:imagenette:
+
+      python -m cvrl_jax.main --config=configs/byol.py:imagenette \
+          --config.data_dir=../shared/imagenette --workdir=/tmp/byol_imagenette
+
+  Not measured yet. Full size on a GPU or TPU (not run here): the ``imagenet``
+  preset (ResNet-50, 224 px, colour, blur and solarize on the device) on the
+  folder, batch 256, 200 epochs (7,200 steps):
+
+      python -m cvrl_jax.main --config=configs/byol.py \
+          --config.dataset=image_folder --config.data_dir=../shared/imagenette \
+          --config.eval_split=val --config.batch_size=256 --config.num_epochs=200 \
+          --config.eval_every_steps=1800 --workdir=/tmp/byol_imagenette_r50
 """
 
 import ml_collections
 
 from cvrl_jax import config as config_lib
 
-VARIANTS = ("imagenet", "cifar10", "cpu")
+VARIANTS = ("imagenet", "cifar10", "cpu", "imagenette")
 
 
 def get_config(variant: str = "imagenet") -> ml_collections.ConfigDict:
@@ -63,10 +80,12 @@ def get_config(variant: str = "imagenet") -> ml_collections.ConfigDict:
   c.byol.tau = 0.99
   c.optimizer.update(base_lr=1.0, weight_decay=1e-5)
   c.augment.blur_p = (0.0, 0.0)
-  if variant == "cpu":
+  if variant in ("cpu", "imagenette"):
     config_lib.use_cpu(c, total_steps=500)
     c.optimizer.base_lr = 4.0
     c.byol.tau = 0.9
     c.head.update(hidden_dim=256, output_dim=64)
     c.predictor.hidden_dim = 256
+  if variant == "imagenette":
+    config_lib.use_imagenette(c, total_steps=1500)
   return c
