@@ -71,7 +71,8 @@ Variants (``--config=configs/simclr_v2.py:NAME``):
       python -m cvrl_jax.main --config=configs/linear_eval.py:cpu \
           --config.pretrained=/tmp/simclr_imagenette --workdir=/tmp/linear_imagenette
 
-  IMAGENETTE_FIGURES
+  Not measured yet: the first run (2026-12-01, 2-core CPU shared with other runs)
+  logged kNN 25.5% for the random init at step 0 and stopped at step 550.
 
   The full-size recipe for a GPU or TPU (not run here): the ``imagenet`` preset
   (ResNet-50, 224 px, colour on the device) on the same folder, batch 256, 200
