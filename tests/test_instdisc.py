@@ -24,15 +24,15 @@ BANK = jnp.array([E1, E2, [-1.0, 0.0], [0.0, -1.0]])  # n = 4 unit rows
 
 
 def tiny_config(**overrides):
-  """``instdisc.py:cpu`` shrunk to seconds: 16 px, width x0.125, a 16-d head, a bank
-  of the first 512 train images, 64 noise rows, 4 steps of 16 images, kNN at the
-  start and the end."""
+  """``instdisc.py:cpu`` shrunk to seconds, with NCE (the paper's loss; the preset's
+  is the softmax): 16 px, width x0.125, a 16-d head, a bank of the first 512 train
+  images, 64 noise rows, 4 steps of 16 images, kNN at the start and the end."""
   c = instdisc_config.get_config("cpu")
   c.update(data_dir=SHARED_TFDS, image_size=16, batch_size=16, num_train_examples=512,
            total_steps=4, log_every_steps=1, eval_every_steps=4, checkpoint_every_steps=1000)
   c.model.width_multiplier = 0.125
   c.head.output_dim = 16
-  c.instdisc.num_noise = 64
+  c.instdisc.update(loss="nce", num_noise=64)
   c.knn.update(num_train_examples=256, num_eval_examples=64, batch_size=64)
   for k, v in overrides.items():
     c[k] = v
@@ -295,8 +295,9 @@ def test_full_softmax_with_the_proximal_term_trains_alike_on_one_and_eight_devic
 def test_preset_follows_the_recipe_and_is_current(variant):
   c = instdisc_config.get_config(variant)
   assert c.method == "instdisc" and c.example_index and c.num_views == 1
-  assert (c.instdisc.loss, c.instdisc.num_noise, c.instdisc.bank_momentum,
-          c.instdisc.proximal) == ("nce", 4096, 0.5, 0.0)
+  assert (c.instdisc.num_noise, c.instdisc.bank_momentum, c.instdisc.proximal) == (4096, 0.5,
+                                                                                  0.0)
+  assert c.instdisc.loss == ("nce" if variant == "imagenet" else "softmax")
   assert (c.head.num_layers, c.head.output_dim, c.head.use_bn) == (1, 128, False)
   assert c.optimizer.name == "sgd" and c.optimizer.momentum == 0.9
   if variant == "imagenet":
@@ -311,6 +312,7 @@ def test_preset_follows_the_recipe_and_is_current(variant):
     assert c.optimizer.weight_decay == 5e-4 and not c.augment.flip
   if variant == "cpu":
     assert c.total_steps == 500 and c.batch_size == 128 and c.augment.flip
+    assert c.optimizer.base_lr * c.batch_size / 256 == pytest.approx(0.03)
   # As tests/test_config.py checks every preset: only declared keys, upgrade is a no-op.
   as_json = lambda x: json.loads(x.to_json_best_effort())
   base_keys = config_lib.base_config("instdisc")

@@ -21,7 +21,8 @@ Loss (``instdisc.loss``):
   noise rows (the authors' code also averages in the positive, 1 of m + 1
   columns), then kept in the train state (``extra["z"]``; 0 until estimated).
 * ``softmax``: the exact non-parametric softmax over the whole bank,
-  ``-log softmax(V f / tau)_i`` (``softmax_loss``; the authors' CIFAR-10 command).
+  ``-log softmax(V f / tau)_i`` (``softmax_loss``; the authors' CIFAR-10 command,
+  and ``configs/instdisc.py``'s ``cifar10`` and ``cpu`` presets).
 
 ``instdisc.proximal`` = lambda > 0 adds the proximal term of the paper's eq. 10,
 lambda ||f_i - v_i||^2 with v_i the bank row before this step's update, which
