@@ -96,11 +96,14 @@ def peak_flops(devices: list[jax.Device]) -> tuple[float, str]:
   raise ValueError(f"No peak FLOP/s known for {kind!r}: pass --peak_flops.")
 
 
-def dataset_throughput(ds, local_batch: int, num_batches: int, threads: int = 0) -> float:
-  """Images/s of ``num_batches`` batches of ``local_batch`` from the tf.data ``ds``,
+def dataset_throughput(ds, local_batch: int, num_batches: int, threads: int = 0
+                       ) -> tuple[float, float]:
+  """Images per second of wall time and per second of this process's CPU time (all
+  its threads) of ``num_batches`` batches of ``local_batch`` from the tf.data ``ds``,
   after its first (which fills the shuffle buffer and starts the threads).
 
-  ``threads`` > 0 limits tf.data to that many threads (per-core throughput).
+  ``threads`` > 0 limits tf.data to that many threads (per-core throughput). On a
+  machine that others load, the CPU-time rate still measures the work per image.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -111,10 +114,12 @@ def dataset_throughput(ds, local_batch: int, num_batches: int, threads: int = 0)
     ds = ds.with_options(options)
   it = iter(tfds.as_numpy(ds))
   next(it)
-  start = time.perf_counter()
+  start, cpu_start = time.perf_counter(), time.process_time()
   for _ in range(num_batches):
     next(it)
-  return num_batches * local_batch / (time.perf_counter() - start)
+  images = num_batches * local_batch
+  return (images / (time.perf_counter() - start),
+          images / (time.process_time() - cpu_start))
 
 
 def input_throughput(config, local_batch: int, num_batches: int,
@@ -122,7 +127,7 @@ def input_throughput(config, local_batch: int, num_batches: int,
   """Images/s of the augmentation pipeline alone (after its first batch)."""
   from cvrl_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   return dataset_throughput(pipeline.train_dataset(config, local_batch), local_batch,
-                            num_batches, threads)
+                            num_batches, threads)[0]
 
 
 def lower_step(method, tx, config, mesh: jax.sharding.Mesh, batch: int) -> jax.stages.Lowered:

@@ -62,6 +62,15 @@ def test_imagenette_reads_as_the_imagenet_presets_expect():
   assert ((evaluation["label"] >= 0) & (evaluation["label"] < NUM_CLASSES)).all()
 
 
+def test_input_benchmark_times_every_stage_on_the_real_files():
+  from benchmarks import input_pipeline, throughput
+  c = imagenet_on_imagenette()
+  for stage in input_pipeline.STAGES:
+    wall, cpu = throughput.dataset_throughput(input_pipeline.stage_dataset(c, stage, 8), 8,
+                                              num_batches=2, threads=1)
+    assert wall > 0 and cpu > 0, stage
+
+
 def real_steps(config, num_devices: int):
   """``config.total_steps`` train steps on ``num_devices`` from the real input
   pipeline, as train.py runs them: ([state after init, after each step] as numpy

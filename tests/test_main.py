@@ -2,6 +2,8 @@
 missing dataset."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 from helpers import ROOT, run_main
@@ -22,14 +24,19 @@ def test_bad_override_is_refused_in_one_clear_message(tmp_path, override, messag
 
 def test_unknown_variant_names_the_choices(tmp_path):
   r = run_main("--config=configs/simclr_v2.py:cifar100", f"--workdir={tmp_path}")
-  assert r.returncode != 0 and "use imagenet, cifar10, cifar10_r50, cpu or mnist" in r.stderr
+  assert r.returncode != 0 and "use imagenet, cifar10, cifar10_r50, cpu, mnist or imagenette" in r.stderr
 
 
 def test_default_workdir_is_named_after_the_config_and_variant():
-  from cvrl_jax import main
-  assert main.default_workdir("configs/simclr_v2.py") == os.path.abspath("runs/simclr_v2")
-  assert main.default_workdir("/x/configs/moco_v2.py:mnist") == os.path.abspath(
-      "runs/moco_v2_mnist")
+  # In a process of its own: main.py defines absl's --config flag on import, and so do
+  # the benchmarks that other tests of the same pytest worker import.
+  code = ("from cvrl_jax import main\n"
+          "for arg in ('configs/simclr_v2.py', '/x/configs/moco_v2.py:mnist'):\n"
+          "  print(main.default_workdir(arg))")
+  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                     text=True, check=True)
+  assert r.stdout.split() == [os.path.join(ROOT, "runs", "simclr_v2"),
+                              os.path.join(ROOT, "runs", "moco_v2_mnist")]
 
 
 def test_the_bare_design_card_command_prints_its_workdir_and_how_to_prepare_imagenet(
