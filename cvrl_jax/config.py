@@ -80,6 +80,11 @@ def base_config(method: str) -> ml_collections.ConfigDict:
       color_strength=1.0, color_jitter_strengths=config_dict.placeholder(tuple), color_p=0.8,
       grayscale_p=0.2,
       blur_p=(0.5, 0.5), solarize_p=(0.0, 0.0),  # one per view, or one for all
+      # SimCLR figure 4's ablations, after the ops above (data/augment.py), host only:
+      rotate_p=0.0,  # rotate by 90, 180 or 270 degrees
+      cutout_p=0.0,  # zero one square of 10-50% of the side
+      noise_p=0.0,   # add Gaussian noise, sigma ~ U[0, 0.1]
+      sobel_p=0.0,   # replace by the Sobel edge magnitude (gray, 3 channels)
       # True: the host only crops and flips (uint8 views); colour, grayscale, blur
       # and solarize run on the accelerator in the step (cvrl_jax/data/device_augment.py).
       on_device=False))

@@ -507,3 +507,193 @@ def test_dataset_map_parallel_deterministic():
   # Graph mode (tf.data) agrees with eager execution.
   eager_a, _ = two_views(tf.constant(3, tf.int64), images[3])
   np.testing.assert_allclose(first[0][0][3], eager_a.numpy(), atol=1e-5)
+
+
+# --------------------------------------------------------------------------
+# SimCLR figure 4 ablations: rotate, cutout, Gaussian noise, Sobel
+# --------------------------------------------------------------------------
+
+ABLATION_OPS = {
+  "rotate": A.random_rotate90,
+  "cutout": A.random_cutout,
+  "noise": A.random_gaussian_noise,
+  "sobel": A.random_sobel,
+}
+ABLATION_KEYS = ("rotate_p", "cutout_p", "noise_p", "sobel_p")
+
+
+def _old_simclr_view(image, seed, *, size, flip=True, color_strength=1.0, color_p=0.8,
+                     grayscale_p=0.2, blur_p=0.5, solarize_p=0.0):
+  """simclr_view as it was before the ablations: the default path must still be this."""
+  crop_seed, flip_seed, color_seed, gray_seed, blur_seed, sol_seed = A._split(seed, 6)
+  x = A.random_resized_crop(image, crop_seed, size=size)
+  if flip:
+    x = A.random_flip(x, flip_seed)
+  x = A.color_jitter(x, color_seed, strength=color_strength, p=color_p)
+  x = A.random_grayscale(x, gray_seed, p=grayscale_p)
+  x = A.random_blur(x, blur_seed, p=blur_p)
+  return A.random_solarize(x, sol_seed, p=solarize_p)
+
+
+@pytest.mark.parametrize("name", sorted(ABLATION_OPS))
+def test_ablation_op_contract_p0_identity_and_determinism(name):
+  fn, image = ABLATION_OPS[name], noise_image(24, 24)
+  np.testing.assert_array_equal(fn(image, SEED, p=0.0).numpy(), image.numpy())
+  out = fn(image, SEED, p=1.0)
+  assert tuple(out.shape) == (24, 24, 3) and out.dtype == tf.float32
+  out = out.numpy()
+  assert out.min() >= 0.0 and out.max() <= 1.0
+  assert not np.array_equal(out, image.numpy())
+  np.testing.assert_array_equal(out, fn(image, [3, 7], p=1.0).numpy())  # int32 seed alike
+  # Graph mode (tf.data) gives the eager result.
+  graph = sweep(lambda x, s: fn(x, s, p=1.0), image, 2, base=3)
+  np.testing.assert_array_equal(graph[1], fn(image, [3, 1], p=1.0).numpy())
+  with pytest.raises(ValueError):
+    fn(image, SEED, p=1.5)
+
+
+def test_ablation_rotate_is_one_of_three_rotations_at_rate_p():
+  image = coord_image(8, 8)  # every pixel distinct: each rotation is a different image
+  rotations = [np.rot90(image.numpy(), k, axes=(0, 1)) for k in (1, 2, 3)]
+  outs = sweep(lambda x, s: A.random_rotate90(x, s, p=1.0), image, 150)
+  which = np.array([[np.array_equal(o, r) for r in rotations] for o in outs])
+  assert np.all(which.sum(axis=1) == 1), "each output is exactly one rotation"
+  counts = which.sum(axis=0)
+  assert np.all(counts >= 30), counts  # about 50 each: uniform over 90 / 180 / 270
+  frac = changed(sweep(lambda x, s: A.random_rotate90(x, s, p=0.5), image, 400), image).mean()
+  assert abs(frac - 0.5) <= 0.08
+
+
+@pytest.mark.parametrize("hw", [(40, 40), (30, 50)])
+def test_ablation_cutout_zeroes_exactly_one_square(hw):
+  h, w = hw
+  image = 0.2 + 0.8 * noise_image(h, w)  # no zeros of its own
+  outs = sweep(lambda x, s: A.random_cutout(x, s, p=1.0), image, 100)
+  short, sides = min(h, w), []
+  for out in outs:
+    zero = np.all(out == 0.0, axis=-1)
+    rows, cols = np.nonzero(zero)
+    top, left = rows.min(), cols.min()
+    side = rows.max() - top + 1
+    assert cols.max() - left + 1 == side, "a square"
+    assert zero.sum() == side * side, "filled: one square and nothing else"
+    np.testing.assert_array_equal(out[~zero], image.numpy()[~zero])  # the rest unchanged
+    assert round(0.1 * short) <= side <= round(0.5 * short)
+    sides.append(side)
+  # The range is used, and positions vary.
+  assert min(sides) <= round(0.2 * short) and max(sides) >= round(0.4 * short)
+  custom = A.random_cutout(image, SEED, p=1.0, side_range=(0.25, 0.25)).numpy()
+  assert np.all(custom == 0.0, axis=-1).sum() == round(0.25 * short) ** 2
+  with pytest.raises(ValueError):
+    A.random_cutout(image, SEED, p=1.0, side_range=(0.0, 0.5))
+
+
+def test_ablation_noise_std_in_range_zero_mean_and_clipped():
+  gray = tf.fill([32, 32, 3], 0.5)  # 5 sigma from the clip limits: noise unclipped
+  outs = sweep(lambda x, s: A.random_gaussian_noise(x, s, p=1.0), gray, 60)
+  diff = (outs - 0.5).reshape(len(outs), -1)
+  stds = diff.std(axis=1)
+  assert np.all(stds > 0) and np.all(stds <= 0.1 * 1.08), stds.max()
+  assert stds.min() < 0.03 and stds.max() > 0.08  # sigma ~ U[0, 0.1]
+  assert np.all(np.abs(diff.mean(axis=1)) < 0.01)
+  assert np.all((np.abs(diff) > 0).mean(axis=1) > 0.9)  # per pixel, not per image
+  # A fixed sigma is the per-pixel standard deviation; channels get their own noise.
+  fixed = A.random_gaussian_noise(gray, SEED, p=1.0, sigma_range=(0.05, 0.05)).numpy() - 0.5
+  assert abs(fixed.std() - 0.05) < 0.05 * 0.06
+  assert not np.array_equal(fixed[..., 0], fixed[..., 1])
+  # Clipped to [0, 1]: on black and white pixels half of the noise is cut off.
+  bw = tf.constant(np.indices((32, 32, 3)).sum(0) % 2, tf.float32)
+  out = A.random_gaussian_noise(bw, SEED, p=1.0, sigma_range=(0.3, 0.3)).numpy()
+  assert out.min() == 0.0 and out.max() == 1.0
+  assert 0.4 < np.mean((out > 0) & (out < 1)) < 0.6
+  with pytest.raises(ValueError):
+    A.random_gaussian_noise(gray, SEED, p=1.0, sigma_range=(-0.1, 0.1))
+
+
+def test_ablation_sobel_on_step_edges():
+  # Vertical step: columns 0-3 black, 4-7 gray 0.6. The 3x3 Sobel kernel sees the
+  # step only from columns 3 and 4 (reflect padding keeps the borders flat), where
+  # the x-gradient is (1 + 2 + 1) * gray = 4 * gray; normalised that is 1.
+  step = np.zeros([6, 8, 3], np.float32)
+  step[:, 4:] = 0.6
+  image = tf.constant(step)
+  gray = float(tf.image.rgb_to_grayscale(image)[0, 4, 0])
+  magnitude = A._sobel_magnitude(image).numpy()[..., 0]
+  expected = np.zeros([6, 8])
+  expected[:, 3:5] = 4 * gray
+  np.testing.assert_allclose(magnitude, expected, rtol=1e-6, atol=0)
+  out = A.random_sobel(image, SEED, p=1.0).numpy()
+  assert out.shape == (6, 8, 3)
+  np.testing.assert_array_equal(out[..., 0], out[..., 1])
+  np.testing.assert_array_equal(out[..., 0], out[..., 2])
+  np.testing.assert_array_equal(out[..., 0], (expected > 0).astype(np.float32))
+  # Horizontal step of a colour (the y-gradient of its gray value): rows 2 and 3.
+  red = np.zeros([6, 8, 3], np.float32)
+  red[3:, :, 0] = 1.0
+  out = A.random_sobel(tf.constant(red), SEED, p=1.0).numpy()
+  expected = np.zeros([6, 8, 3], np.float32)
+  expected[2:4] = 1.0
+  np.testing.assert_array_equal(out, expected)
+  # A flat image has no edges: 0, not 0 / 0.
+  np.testing.assert_array_equal(A.random_sobel(tf.fill([6, 8, 3], 0.3), SEED, p=1.0), 0.0)
+
+
+@pytest.mark.parametrize("kw", [{}, {"blur_p": 0.0, "solarize_p": 0.3, "color_strength": 0.5}])
+def test_ablation_off_view_is_bit_identical_to_the_old_path(kw):
+  image = noise_image(32, 32)
+  zeros = {key: 0.0 for key in ABLATION_KEYS}
+  for k in range(4):
+    seed = [11, k]
+    old = _old_simclr_view(image, seed, size=24, **kw).numpy()
+    np.testing.assert_array_equal(A.simclr_view(image, seed, size=24, **kw).numpy(), old)
+    np.testing.assert_array_equal(
+      A.simclr_view(image, seed, size=24, **kw, **zeros).numpy(), old
+    )
+
+
+def test_ablation_on_only_appends_it_to_the_same_view():
+  # The ablations' seeds leave the crop ... solarize draws unchanged.
+  image = noise_image(32, 32)
+  kw = {"size": 24, "blur_p": 0.0}
+  for k in range(4):
+    seed = [5, k]
+    plain = A.simclr_view(image, seed, **kw).numpy()
+    rotated = A.simclr_view(image, seed, rotate_p=1.0, **kw).numpy()
+    assert any(np.array_equal(rotated, np.rot90(plain, r, axes=(0, 1))) for r in (1, 2, 3))
+    cut = A.simclr_view(image, seed, cutout_p=1.0, **kw).numpy()
+    kept = ~np.all(cut == 0.0, axis=-1)
+    assert 0 < (~kept).sum() < kept.size
+    np.testing.assert_array_equal(cut[kept], plain[kept])
+    edges = A.simclr_view(image, seed, sobel_p=1.0, **kw).numpy()
+    np.testing.assert_array_equal(edges, A.random_sobel(plain, SEED, p=1.0).numpy())
+
+
+def test_ablation_config_keys_default_off_and_reach_the_pipeline():
+  from configs import simclr_v2
+  from cvrl_jax.data import pipeline
+
+  for variant in simclr_v2.VARIANTS:
+    c = simclr_v2.get_config(variant)
+    assert all(c.augment[key] == 0.0 for key in ABLATION_KEYS), variant
+  c = simclr_v2.get_config("cpu")
+  image = tf.cast(noise_image(32, 32) * 255, tf.uint8)
+  plain = pipeline.view_fn(c, 0)(image, SEED).numpy()
+  c.augment.sobel_p = 1.0
+  edges = pipeline.view_fn(c, 0)(image, SEED).numpy()
+  np.testing.assert_array_equal(edges, A.random_sobel(plain, SEED, p=1.0).numpy())
+
+
+def test_ablation_refused_with_on_device():
+  from configs import simclr_v2
+  from cvrl_jax.data import device_augment
+
+  c = simclr_v2.get_config("imagenet")
+  assert c.augment.on_device and device_augment.enabled(c)
+  for key in ABLATION_KEYS:
+    c = simclr_v2.get_config("imagenet")
+    c.augment[key] = 0.5
+    fix = r"--config\.augment\.on_device=False"
+    with pytest.raises(ValueError, match=rf"augment\.{key}=0\.5.*{fix}"):
+      device_augment.enabled(c)
+    c.augment.on_device = False
+    assert not device_augment.enabled(c)

@@ -17,8 +17,9 @@ Conventions shared by every function here:
   on Python constants (probabilities and strengths from the config), which lets
   disabled ops vanish from the graph instead of costing a ``tf.cond``.
 
-References: SimCLR (Chen et al. 2020, appendix A), SimCLR v2, MoCo v2,
-BYOL (solarization), MoCo v3.
+References: SimCLR (Chen et al. 2020, appendix A; figure 4 for the rotation,
+cutout, noise and Sobel ablations), SimCLR v2, MoCo v2, BYOL (solarization),
+MoCo v3, Cutout (DeVries & Taylor 2017).
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ __all__ = [
   "random_grayscale",
   "random_blur",
   "random_solarize",
+  "random_rotate90",
+  "random_cutout",
+  "random_gaussian_noise",
+  "random_sobel",
   "simclr_view",
   "center_crop",
   "blur_kernel_size",
@@ -380,8 +385,137 @@ def random_solarize(
 
 
 # ---------------------------------------------------------------------------
+# SimCLR figure 4 ablations: rotation, cutout, Gaussian noise, Sobel filter
+# ---------------------------------------------------------------------------
+# Not in any method's recipe (every config has them at p=0); they exist to
+# reproduce the study of single and paired transformations. Their parameters
+# below are this library's choices, each with its reason.
+
+
+@_graph_safe
+def random_rotate90(image: tf.Tensor, seed: SeedLike, *, p: float) -> tf.Tensor:
+  """Rotates by 90, 180 or 270 degrees (one of the three uniformly) with probability `p`.
+
+  Never 0 degrees once applied, so `p` is exactly the rate of rotated views.
+  Views are square (`simclr_view` resizes to size x size); on a non-square
+  image a 90 or 270 degree turn swaps height and width.
+  """
+  image = _as_float_image(image)
+  coin_seed, k_seed = _split(seed, 2)
+
+  def rotate(x: tf.Tensor) -> tf.Tensor:
+    k = tf.random.stateless_uniform([], k_seed, minval=1, maxval=4, dtype=tf.int32)
+    out = tf.image.rot90(x, k)
+    if x.shape[0] is not None and x.shape[0] == x.shape[1]:
+      out = tf.ensure_shape(out, x.shape)
+    return out
+
+  return _random_apply(rotate, image, coin_seed, p)
+
+
+def _sample_cutout_box(
+  image_shape: tf.Tensor, seed: SeedLike, side_range: Range = (0.1, 0.5)
+) -> tf.Tensor:
+  """An int32 [top, left, side] square: side ~ U[side_range] x the shorter image side
+  (rounded, at least 1 pixel), placed uniformly so that it lies wholly inside."""
+  side_seed, top_seed, left_seed = _split(seed, 3)
+  height, width = image_shape[0], image_shape[1]
+  short = tf.cast(tf.minimum(height, width), tf.float32)
+  side = tf.cast(tf.round(_uniform(side_seed, side_range[0], side_range[1]) * short), tf.int32)
+  side = tf.clip_by_value(side, 1, tf.minimum(height, width))
+
+  def offset(s: tf.Tensor, extent: tf.Tensor) -> tf.Tensor:
+    return tf.random.stateless_uniform([], s, minval=0, maxval=extent - side + 1, dtype=tf.int32)
+
+  return tf.stack([offset(top_seed, height), offset(left_seed, width), side])
+
+
+@_graph_safe
+def random_cutout(
+  image: tf.Tensor, seed: SeedLike, *, p: float, side_range: Range = (0.1, 0.5)
+) -> tf.Tensor:
+  """Sets one random square patch to 0 (black) with probability `p`.
+
+  The side is U[side_range] (default 10%-50%) of the shorter image side, so
+  the patch covers 1%-25% of a square view: from a small occlusion to a
+  quarter of the image. Its position is uniform among those that keep it
+  wholly inside the image (Cutout lets the border clip it), so its size is
+  exactly the one drawn. Filled with 0 rather than the image's mean, so the
+  fill tells nothing about the image; Cutout also writes 0, but after mean
+  subtraction, where 0 is the dataset mean.
+  """
+  if not 0.0 < side_range[0] <= side_range[1] <= 1.0:
+    raise ValueError(f"side_range must satisfy 0 < lo <= hi <= 1, got {side_range}.")
+  image = _as_float_image(image)
+  coin_seed, box_seed = _split(seed, 2)
+
+  def cutout(x: tf.Tensor) -> tf.Tensor:
+    shape = tf.shape(x)
+    top, left, side = tf.unstack(_sample_cutout_box(shape, box_seed, side_range))
+    rows = tf.range(shape[0])[:, tf.newaxis]
+    cols = tf.range(shape[1])[tf.newaxis, :]
+    inside = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
+    return tf.where(inside[..., tf.newaxis], tf.zeros_like(x), x)
+
+  return _random_apply(cutout, image, coin_seed, p)
+
+
+@_graph_safe
+def random_gaussian_noise(
+  image: tf.Tensor, seed: SeedLike, *, p: float, sigma_range: Range = (0.0, 0.1)
+) -> tf.Tensor:
+  """Adds N(0, sigma^2) to every pixel and channel with probability `p`, then clips to [0, 1].
+
+  sigma ~ U[sigma_range] per image, on the [0, 1] scale. The default upper
+  end 0.1 (about 25 of 255 levels) is strong, clearly visible noise that
+  still leaves the object recognisable; starting at 0 spans every strength
+  down to none, as blur's sigma range does.
+  """
+  if not 0.0 <= sigma_range[0] <= sigma_range[1]:
+    raise ValueError(f"sigma_range must satisfy 0 <= lo <= hi, got {sigma_range}.")
+  image = _as_float_image(image)
+  coin_seed, sigma_seed, noise_seed = _split(seed, 3)
+
+  def noise(x: tf.Tensor) -> tf.Tensor:
+    sigma = _uniform(sigma_seed, sigma_range[0], sigma_range[1])
+    return _clip(x + sigma * tf.random.stateless_normal(tf.shape(x), noise_seed))
+
+  return _random_apply(noise, image, coin_seed, p)
+
+
+def _sobel_magnitude(image: tf.Tensor) -> tf.Tensor:
+  """[H, W, 1] Sobel gradient magnitude of the grayscale image (reflect padding)."""
+  edges = tf.image.sobel_edges(tf.image.rgb_to_grayscale(image)[tf.newaxis])[0]  # [H, W, 1, 2]
+  return tf.sqrt(tf.reduce_sum(tf.square(edges), axis=-1))
+
+
+@_graph_safe
+def random_sobel(image: tf.Tensor, seed: SeedLike, *, p: float) -> tf.Tensor:
+  """Replaces the image by its Sobel edge map with probability `p` (3 equal channels).
+
+  Gradient magnitude of the grayscale image, divided by its maximum over the
+  image so the strongest edge is 1: dividing by the largest magnitude possible
+  (2 sqrt(5) for grays in [0, 1]) would leave natural images nearly black. A
+  flat image gives 0.
+  """
+  image = _as_float_image(image)
+
+  def sobel(x: tf.Tensor) -> tf.Tensor:
+    magnitude = _sobel_magnitude(x)
+    magnitude = tf.math.divide_no_nan(magnitude, tf.reduce_max(magnitude))
+    return tf.ensure_shape(_clip(tf.tile(magnitude, [1, 1, 3])), x.shape)
+
+  return _random_apply(sobel, image, _as_seed(seed), p)
+
+
+# ---------------------------------------------------------------------------
 # Full views and eval preprocessing
 # ---------------------------------------------------------------------------
+
+
+# Folded into a view's seed for the ablations' sub-seeds: a derivation of its own,
+# so the seeds of crop ... solarize (a fixed 6-way split) do not depend on them.
+_ABLATION_STREAM = 1
 
 
 @_graph_safe
@@ -398,14 +532,26 @@ def simclr_view(
   grayscale_p: float = 0.2,
   blur_p: float = 0.5,
   solarize_p: float = 0.0,
+  rotate_p: float = 0.0,
+  cutout_p: float = 0.0,
+  noise_p: float = 0.0,
+  sobel_p: float = 0.0,
 ) -> tf.Tensor:
-  """One augmented view: crop -> flip -> colour jitter -> grayscale -> blur -> solarize.
+  """One augmented view: crop -> flip -> colour jitter -> grayscale -> blur -> solarize,
+  then SimCLR's figure 4 ablations: rotate -> Sobel -> noise -> cutout.
 
   Defaults are SimCLR's ImageNet recipe; CIFAR uses color_strength=0.5,
   blur_p=0. BYOL / MoCo v3 use asymmetric blur_p / solarize_p per view.
   `color_jitter_strengths=(b, c, s, h)` overrides `color_strength` (MoCo v2:
   (0.4, 0.4, 0.4, 0.1)). Each stage has its own sub-seed; ops with p=0 are
   left out of the graph.
+
+  The ablations (off by default) come after the crop, as in the figure's
+  crop-then-transform pairs: the geometric rotation first; Sobel next, since
+  it replaces the image by its edge map; then the pixel corruptions, cutout
+  last so that its patch is exactly 0 in the view. Their sub-seeds come from
+  a stream of their own (`_ABLATION_STREAM`), drawn only when one is on, so
+  the six stages above see the same seeds whether they are on or off.
   """
   if color_jitter_strengths is not None and len(color_jitter_strengths) != 4:
     raise ValueError(
@@ -426,6 +572,14 @@ def simclr_view(
   x = random_grayscale(x, gray_seed, p=grayscale_p)
   x = random_blur(x, blur_seed, p=blur_p)
   x = random_solarize(x, sol_seed, p=solarize_p)
+  if all(_is_const(q) and q == 0 for q in (rotate_p, cutout_p, noise_p, sobel_p)):
+    return x
+  ablation_seed = tf.random.experimental.stateless_fold_in(_as_seed(seed), _ABLATION_STREAM)
+  rot_seed, sobel_seed, noise_seed, cut_seed = _split(ablation_seed, 4)
+  x = random_rotate90(x, rot_seed, p=rotate_p)
+  x = random_sobel(x, sobel_seed, p=sobel_p)
+  x = random_gaussian_noise(x, noise_seed, p=noise_p)
+  x = random_cutout(x, cut_seed, p=cutout_p)
   return x
 
 

@@ -59,8 +59,13 @@ class ViewRecipe:
 # ---------------------------------------------------------------------------
 
 
+# The ablations (SimCLR figure 4) that only ``augment.simclr_view`` implements.
+HOST_ONLY_KEYS = ("rotate_p", "cutout_p", "noise_p", "sobel_p")
+
+
 def enabled(config: ml_collections.ConfigDict) -> bool:
-  """Whether ``config.augment.on_device`` is on; refuses it with multi-crop."""
+  """Whether ``config.augment.on_device`` is on; refuses it with multi-crop or with
+  an ablation of ``HOST_ONLY_KEYS`` on."""
   if not config.augment.on_device:
     return False
   if config.multicrop.num_small:
@@ -68,6 +73,12 @@ def enabled(config: ml_collections.ConfigDict) -> bool:
         "config.augment.on_device=True does not support multi-crop yet "
         f"(multicrop.num_small={config.multicrop.num_small}): run with "
         "--config.augment.on_device=false, or --config.multicrop.num_small=0.")
+  for key in HOST_ONLY_KEYS:
+    if config.augment[key]:
+      raise ValueError(
+          f"config.augment.{key}={config.augment[key]}: this ablation runs in tf.data "
+          "only, not with config.augment.on_device=True: run with "
+          f"--config.augment.on_device=False, or --config.augment.{key}=0.0.")
   return True
 
 

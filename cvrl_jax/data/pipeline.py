@@ -45,7 +45,8 @@ def _crop_fn(config: ml_collections.ConfigDict, size: int, crop_area, blur_p, so
         crop_area=tuple(crop_area), flip=aug.flip, color_strength=aug.color_strength,
         color_jitter_strengths=aug.color_jitter_strengths,
         color_p=aug.color_p, grayscale_p=aug.grayscale_p, blur_p=blur_p,
-        solarize_p=solarize_p)
+        solarize_p=solarize_p, rotate_p=aug.rotate_p, cutout_p=aug.cutout_p,
+        noise_p=aug.noise_p, sobel_p=aug.sobel_p)
   return fn
 
 
