@@ -15,7 +15,7 @@ from cvrl_jax import train
 
 
 @pytest.mark.slow
-def test_simclr_cpu_preset_learns_on_cifar10(tmp_path):
+def test_simclr_cpu_preset_learns_on_cifar10(tmp_path, optimized_xla):
   c = simclr_v2.get_config("cpu")
   c.data_dir = SHARED_TFDS
   # 120 steps (250 before, for the suite's time): 27.6% -> 32.2% measured from a

@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "launch", "colab_tpu.ipynb")
 
 
-def test_notebook_trains_plots_and_probes_on_the_cpu(tmp_path, monkeypatch):
+def test_notebook_trains_plots_and_probes_on_the_cpu(tmp_path, monkeypatch, optimized_xla):
   # The kernel inherits this environment: the notebook's own settings mechanism.
   monkeypatch.setenv("CVRL_NOTEBOOK_PRESET", "ci")
   monkeypatch.setenv("CVRL_DATA_DIR", SHARED_TFDS)
