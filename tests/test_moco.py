@@ -190,8 +190,9 @@ def test_v3_with_a_vit_trains_and_keeps_the_patch_projection_frozen():
   assert np.isfinite(history[-1]["loss"])
   embed = lambda s: s.params["encoder"]["patch_embed"]
   assert_trees_close(embed(first), embed(last), rtol=0, atol=0)
+  # The key network's copy is an EMA of that constant: m t + (1 - m) t, t up to rounding.
   assert_trees_close(first.extra["key_params"]["encoder"]["patch_embed"],
-                     last.extra["key_params"]["encoder"]["patch_embed"], rtol=0, atol=0)
+                     last.extra["key_params"]["encoder"]["patch_embed"], rtol=1e-6, atol=0)
   block = lambda s: s.params["encoder"]["block1"]["mlp_1"]["kernel"]
   assert np.abs(block(first) - block(last)).max() > 1e-5
 
