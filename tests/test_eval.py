@@ -342,8 +342,10 @@ def test_digits_folder_is_a_stratified_image_folder(tmp_path):
 
 
 # One method per kind of extra state (SimCLR's own runs are the fixture above; Barlow
-# Twins, SimSiam and SupCon keep the same parameter trees as SimCLR or BYOL).
-@pytest.mark.parametrize("name", ["moco_v1", "moco_v3", "byol", "swav", "dino", "nnclr"])
+# Twins, SimSiam, SupCon and VICReg keep the same parameter trees as SimCLR or BYOL;
+# InstDisc's memory bank is one row per training image).
+@pytest.mark.parametrize("name", ["moco_v1", "moco_v3", "byol", "swav", "dino", "nnclr",
+                                  "instdisc"])
 def test_every_methods_checkpoint_feeds_the_evaluations(tmp_path, name):
   """A checkpoint as train.py writes it: its encoder is what the evaluations
   restore, and the classifier they build runs on it."""
@@ -353,7 +355,7 @@ def test_every_methods_checkpoint_feeds_the_evaluations(tmp_path, name):
   from cvrl_jax import methods
   config = importlib.import_module(f"configs.{name}").get_config("cpu")
   config.model.width_multiplier = 0.125
-  config.image_size = 16
+  config.update(image_size=16, data_dir=SHARED_TFDS)  # InstDisc's bank: a row per image
   mesh = parallel.make_mesh(1)
   method = methods.get_method(config, 10, 10)
   state = step_lib.create_train_state(method, optax.sgd(0.1), jax.random.PRNGKey(3),
