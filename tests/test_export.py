@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import moco_v2, moco_v3, simclr_v2
+from configs import instdisc, moco_v2, moco_v3, simclr_v2, vicreg
+from conftest import SHARED_TFDS
 from cvrl_jax import config as config_lib, methods, models
 from cvrl_jax.tools import export
 from helpers import fake_workdir
@@ -104,10 +105,13 @@ def test_models_torchvision_cannot_hold_are_refused_with_the_way_out(model, reas
 
 @pytest.mark.parametrize("get_config", [
     lambda: simclr_v2.get_config("cpu"), lambda: moco_v2.get_config("cpu"),
-    lambda: moco_v3.get_config("cpu")], ids=["simclr", "moco", "moco_v3"])
+    lambda: moco_v3.get_config("cpu"), lambda: vicreg.get_config("cpu"),
+    lambda: instdisc.get_config("cpu")], ids=["simclr", "moco", "moco_v3", "vicreg",
+                                              "instdisc"])
 def test_encoder_is_found_in_every_methods_params(get_config):
   c = get_config()
   c.model.width_multiplier = 0.125
+  c.data_dir = SHARED_TFDS  # InstDisc's bank has a row per training image
   method = methods.get_method(c, num_classes=10, total_steps=10)
   images = jnp.zeros((8, 16, 16, 3))
   params, batch_stats, _ = method.init(jax.random.PRNGKey(0), images)
