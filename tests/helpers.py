@@ -217,7 +217,7 @@ def assert_trees_close(a, b, **tol):
 
 
 def same_on_one_and_eight_devices(run: Callable[[int], tuple[list[Any], list[dict]]],
-                                  atol: float = 5e-4):
+                                  atol: float = 5e-4, metrics_rel: float = 1e-3):
   """``run(num_devices)`` -> ([states], [metrics of every step]) (``train_steps``,
   ``loop_run``) on 1 and on 8 devices: asserts the same metrics at every step and
   the same parameters, BatchNorm statistics and extra state in every state.
@@ -227,15 +227,16 @@ def same_on_one_and_eight_devices(run: Callable[[int], tuple[list[Any], list[dic
   amplifies the rounding a little every step; a wrong global quantity or
   gradient scale differs by far more. A state leaf's rounding scales with its
   largest entry (a ViT class token reaches ~14); a queue in the wrong order or a
-  local statistic differs by O(1).
+  local statistic differs by O(1). A loss near 0 (SimSiam's negative cosine plus
+  its offset) gets an absolute tolerance too: 1.3e-5 apart on an AMD EPYC.
   """
   assert jax.device_count() == 8
   (s1, h1), (s8, h8) = run(1), run(8)
   assert len(h1) == len(h8) > 0 and len(s1) == len(s8)
   for step, (m1, m8) in enumerate(zip(h1, h8)):
     assert np.isfinite(m1["loss"]), step
-    assert m8["loss"] == pytest.approx(m1["loss"], rel=2e-4), step
-    assert m8 == pytest.approx(m1, rel=1e-3, abs=1e-5), step
+    assert m8["loss"] == pytest.approx(m1["loss"], rel=2e-4, abs=5e-5), step
+    assert m8 == pytest.approx(m1, rel=metrics_rel, abs=1e-5), step
   for one, eight in zip(s1, s8):
     for name in ("params", "batch_stats", "extra"):
       for a, b in zip(jax.tree.leaves(getattr(one, name)), jax.tree.leaves(getattr(eight, name)),

@@ -60,9 +60,12 @@ def test_one_and_eight_devices_give_the_same_steps():
   # 0.1 they stay nearly parallel and rounding flips near-tied neighbours. The
   # last batch's queue rows (unit length) differ by up to 1.3e-3 in a few of
   # their 65,536 entries (as before the redesign, on this CPU): rounding; a wrong
-  # neighbour or row order differs by O(1).
+  # neighbour or row order differs by O(1). A near-tied neighbour can still flip:
+  # step 2's gradient norm came out 9.62 on 1 device and 9.54 on 8 (AMD EPYC,
+  # 2026-12-02), the loss 6e-5 apart, hence the metrics' 2%.
   config = tiny_vit_config(nnclr_config)
-  states, history = same_on_one_and_eight_devices(lambda n: train_steps(config, n), atol=2e-3)
+  states, history = same_on_one_and_eight_devices(lambda n: train_steps(config, n), atol=2e-3,
+                                                  metrics_rel=2e-2)
   extra = states[-1].extra
   assert int(extra["queue_ptr"]) == 3 * 16 % 4096
   filled = extra["queue"][:48]

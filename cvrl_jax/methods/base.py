@@ -168,9 +168,12 @@ def momentum_modules(tree: Params) -> Params:
 
 
 def momentum_update(target: Params, params: Params, momentum: jax.Array) -> Params:
-  """``target <- m target + (1 - m) online`` for every parameter of the target."""
+  """``target <- m target + (1 - m) online`` for every parameter of the target,
+  computed as ``target + (1 - m) (online - target)``: the same value, but a
+  parameter the online network keeps constant (a frozen patch projection) stays
+  bit-identical in the target, whatever the compiler does with the rounding."""
   momentum = jnp.asarray(momentum, jnp.float32)  # 1 - m in float32, as for a schedule's m
-  return jax.tree.map(lambda t, p: momentum * t + (1.0 - momentum) * p,
+  return jax.tree.map(lambda t, p: t + (1.0 - momentum) * (p - t),
                       target, {name: params[name] for name in target})
 
 
