@@ -170,8 +170,14 @@ def restore_subtrees(workdir: str, step: int, abstract: dict, what: str) -> tupl
   ``step`` LATEST means the newest that reads (newer unreadable ones are skipped
   with a warning). Returns the values and the step restored.
   """
+  # Restore arguments given, not left to orbax to derive: it derives none (and stops
+  # on "sharding ... Got None") for a checkpoint holding an empty subtree, as the
+  # empty batch_stats of a network without BatchNorm (CPC).
+  restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(
+      sharding=x.sharding, global_shape=x.shape, dtype=x.dtype), abstract)
   return _read(workdir, step, ocp.PyTreeCheckpointHandler, lambda mngr, s: mngr.restore(
-      s, args=ocp.args.PyTreeRestore(item=abstract, partial_restore=True)), what)
+      s, args=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args,
+                                     partial_restore=True)), what)
 
 
 def restore_on_host(workdir: str, step: int = LATEST, what: str = "training"

@@ -24,10 +24,15 @@ def model_section() -> ml_collections.ConfigDict:
   """``config.model``: the encoder (``models.make_encoder``), for pre-training and
   for the networks evaluations record."""
   return ml_collections.ConfigDict(dict(
-      name="resnet",  # or "vit" (configs/moco_v3.py:vit_small)
+      name="resnet",  # or "vit" (configs/moco_v3.py:vit_small), or "lab_split" (CMC:
+      # one ResNet on L, one on ab, each of half width_multiplier; configs/cmc.py)
       # ResNet: depth, width_multiplier, selective kernels (SimCLR v2), stem
       # ("imagenet" or "cifar"), BatchNorm momentum.
       depth=50, width_multiplier=1.0, sk_ratio=0.0, stem="imagenet", bn_momentum=0.9,
+      norm="batch",  # ResNet normalisation: "batch", or "layer" (CPC v2)
+      # CPC: (patch size, stride) in px; the encoder encodes each patch of that grid
+      # and pools them (models/patches.py). Size 0: the whole image, no grid.
+      patch_grid=(0, 0),
       # ViT: width, heads and patch (with depth: models/vit.py VARIANTS), and MoCo
       # v3's frozen random patch projection.
       width=384, num_heads=12, patch_size=16, frozen_patch_embed=False,

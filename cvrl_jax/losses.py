@@ -14,13 +14,14 @@ equality is what makes a run on 8 devices give the same losses as a run on 1
 Contrastive: ``nt_xent`` (SimCLR) and the alternatives SimCLR can train with,
 ``dcl``, ``nt_logistic``, ``margin_triplet``; ``supcon_loss`` (SupCon),
 ``moco_infonce`` (MoCo v1 / v2), ``moco_v3_ctr`` (MoCo v3, also decoupled),
-``nnclr_loss`` (NNCLR). Regression onto a stop-gradient target: ``byol_loss``,
-``simsiam_loss``. Redundancy reduction: ``barlow_twins_loss``, ``vicreg``.
+``nnclr_loss`` (NNCLR), ``cpc_infonce`` (CPC, over a grid of patches).
+Regression onto a stop-gradient target: ``byol_loss``, ``simsiam_loss``.
+Redundancy reduction: ``barlow_twins_loss``, ``vicreg``.
 Cross-entropy against other crops' targets: ``swapped_prediction`` with
 ``sinkhorn``'s codes (SwAV), ``dino_loss`` (DINO).
 """
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -256,6 +257,38 @@ def nnclr_loss(nn: jax.Array, p: jax.Array, *, temperature: float,
       ``axis_name`` (and differentiated through the gather).
   """
   return _contrast(nn, p, temperature, axis_name)
+
+
+def cpc_infonce(predictions: Sequence[jax.Array], targets: jax.Array, *,
+                offsets: Sequence[int], axis_name: Optional[str] = None) -> jax.Array:
+  """CPC's InfoNCE over a grid of patch embeddings (Hénaff et al. 2019, eq. 2).
+
+  Args:
+    predictions: one [n, gh, gw, d] array per offset k of ``offsets``: entry
+      (b, i, j) is the prediction of the embedding k rows below, z_{b, i+k, j}.
+    targets: the patch embeddings z, [n, gh, gw, d]. Every patch of every image
+      of the global batch is a candidate (gathered over ``axis_name`` and
+      differentiated through the gather): n N gh gw candidates, one positive.
+    offsets: the prediction lengths k >= 1 (each < gh).
+
+  Returns:
+    sum over k of the mean over the anchors (b, i, j), i < gh - k, of
+    ``-log softmax_l(p_{b,i,j} . z_l)_{(b, i+k, j)}``: dot products, no
+    normalisation and no temperature (CPC's). With ``axis_name``, the means are over
+    this device's anchors (every device has as many), so pmean gives the loss.
+  """
+  n, gh, gw, d = targets.shape
+  candidates = parallel.gather(targets.reshape(-1, d), axis_name)
+  image = parallel.first_row(n, axis_name) + jnp.arange(n)  # rows of the global batch
+  total = 0.0
+  for k, p in zip(offsets, predictions, strict=True):
+    if not 0 < k < gh:
+      raise ValueError(f"CPC offset {k} needs 0 < k < {gh} grid rows.")
+    rows, cols = jnp.arange(gh - k), jnp.arange(gw)
+    labels = (image[:, None, None] * gh + rows[None, :, None] + k) * gw + cols[None, None, :]
+    anchors = p[:, :gh - k].reshape(-1, d)
+    total += _cross_entropy(anchors @ candidates.T, labels.reshape(-1))
+  return total
 
 
 # ----------------------------------------------------- regression onto a target

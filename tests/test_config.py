@@ -11,8 +11,8 @@ import pytest
 
 from cvrl_jax import config as config_lib, methods
 
-CONFIGS = ["barlow_twins", "byol", "dino", "instdisc", "moco_v1", "moco_v2", "moco_v3",
-           "nnclr", "simclr_v1", "simclr_v2", "simsiam", "supcon", "swav", "vicreg"]
+CONFIGS = ["barlow_twins", "byol", "cmc", "cpc", "dino", "instdisc", "moco_v1", "moco_v2",
+           "moco_v3", "nnclr", "simclr_v1", "simclr_v2", "simsiam", "supcon", "swav", "vicreg"]
 OLD = os.path.join(os.path.dirname(__file__), "old_configs")
 # What the runs in tests/old_configs set on the command line.
 OVERRIDES = dict(data_dir="../shared/tfds", log_every_steps=1, eval_every_steps=100_000,

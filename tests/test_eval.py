@@ -343,9 +343,10 @@ def test_digits_folder_is_a_stratified_image_folder(tmp_path):
 
 # One method per kind of extra state (SimCLR's own runs are the fixture above; Barlow
 # Twins, SimSiam, SupCon and VICReg keep the same parameter trees as SimCLR or BYOL;
-# InstDisc's memory bank is one row per training image).
+# InstDisc's memory bank is one row per training image; CMC's encoder is two ResNets,
+# CPC's a LayerNorm ResNet over a patch grid, without BatchNorm statistics or head).
 @pytest.mark.parametrize("name", ["moco_v1", "moco_v3", "byol", "swav", "dino", "nnclr",
-                                  "instdisc"])
+                                  "instdisc", "cmc", "cpc"])
 def test_every_methods_checkpoint_feeds_the_evaluations(tmp_path, name):
   """A checkpoint as train.py writes it: its encoder is what the evaluations
   restore, and the classifier they build runs on it."""
@@ -356,6 +357,8 @@ def test_every_methods_checkpoint_feeds_the_evaluations(tmp_path, name):
   config = importlib.import_module(f"configs.{name}").get_config("cpu")
   config.model.width_multiplier = 0.125
   config.update(image_size=16, data_dir=SHARED_TFDS)  # InstDisc's bank: a row per image
+  if name == "cpc":
+    config.cpc.offsets = (1, 2)  # 16 px: a grid of 3 rows
   mesh = parallel.make_mesh(1)
   method = methods.get_method(config, 10, 10)
   state = step_lib.create_train_state(method, optax.sgd(0.1), jax.random.PRNGKey(3),
@@ -370,7 +373,7 @@ def test_every_methods_checkpoint_feeds_the_evaluations(tmp_path, name):
   for a, b in zip(jax.tree.leaves(loaded.params["encoder"]),
                   jax.tree.leaves(state.params["encoder"])):
     np.testing.assert_array_equal(a, b)
-  spec = pretrained_lib.network_spec(loaded.config, 0, 10, loaded.params["head"])
+  spec = pretrained_lib.network_spec(loaded.config, 0, 10, loaded.params.get("head", {}))
   net = pretrained_lib.build_classifier(spec, None)
   images = jnp.ones((2, 16, 16, 3))
   variables = pretrained_lib.backbone_variables(loaded, spec)

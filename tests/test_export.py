@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import instdisc, moco_v2, moco_v3, simclr_v2, vicreg
+from configs import cmc, instdisc, moco_v2, moco_v3, simclr_v2, vicreg
 from conftest import SHARED_TFDS
 from cvrl_jax import config as config_lib, methods, models
 from cvrl_jax.tools import export
@@ -94,6 +94,9 @@ def test_torchvision_gives_the_same_features(depth, stem, size):
     (dict(depth=50, width_multiplier=1, sk_ratio=0.0625), "selective-kernel"),
     (dict(name="vit", depth=12), "'vit' encoder"),
     (dict(depth=200, width_multiplier=1), "no ResNet-200"),
+    (dict(name="lab_split", depth=18), "'lab_split' encoder"),
+    (dict(depth=18, norm="layer"), "norm='layer'"),
+    (dict(depth=18, patch_grid=(8, 4)), "patch_grid"),
 ])
 def test_models_torchvision_cannot_hold_are_refused_with_the_way_out(model, reason):
   full = config_lib.model_section()
@@ -106,8 +109,8 @@ def test_models_torchvision_cannot_hold_are_refused_with_the_way_out(model, reas
 @pytest.mark.parametrize("get_config", [
     lambda: simclr_v2.get_config("cpu"), lambda: moco_v2.get_config("cpu"),
     lambda: moco_v3.get_config("cpu"), lambda: vicreg.get_config("cpu"),
-    lambda: instdisc.get_config("cpu")], ids=["simclr", "moco", "moco_v3", "vicreg",
-                                              "instdisc"])
+    lambda: instdisc.get_config("cpu"), lambda: cmc.get_config("cpu")],
+    ids=["simclr", "moco", "moco_v3", "vicreg", "instdisc", "cmc"])
 def test_encoder_is_found_in_every_methods_params(get_config):
   c = get_config()
   c.model.width_multiplier = 0.125

@@ -76,7 +76,7 @@ def _bn_groups(batch, bn_groups, num_devices, rng):
   def per_device(ids, rng):
     groups = base.groups_per_device(bn_groups, parallel.DATA, "moco.bn_groups")
     queries, _ = base.apply_in_groups(net, variables, ids, groups)
-    keys, stats = moco.shuffle_bn(lambda x: base.apply_in_groups(net, variables, x, groups),
+    keys, stats = base.shuffle_bn(lambda x: base.apply_in_groups(net, variables, x, groups),
                                   ids, rng, parallel.DATA)
     return queries, keys, stats
 

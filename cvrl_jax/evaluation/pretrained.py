@@ -127,10 +127,11 @@ def load_pretrained(workdir: str, step: int, mesh: jax.sharding.Mesh) -> Pretrai
     params, batch_stats = jax.jit(init, out_shardings=replicated)(init_rng)
     return Pretrained(config, 0, params, batch_stats)
   shapes = jax.eval_shape(init, init_rng)
-  restored, step = checkpoint.restore_subtrees(
-      workdir, step, {"params": _abstract(shapes[0], replicated),
-                      "batch_stats": _abstract(shapes[1], replicated)}, "pre-training")
-  return Pretrained(config, step, restored["params"], restored["batch_stats"])
+  abstract = {"params": _abstract(shapes[0], replicated)}
+  if jax.tree.leaves(shapes[1]):  # none without BatchNorm (CPC): nothing to read
+    abstract["batch_stats"] = _abstract(shapes[1], replicated)
+  restored, step = checkpoint.restore_subtrees(workdir, step, abstract, "pre-training")
+  return Pretrained(config, step, restored["params"], restored.get("batch_stats", shapes[1]))
 
 
 def backbone_variables(pretrained: Pretrained, spec: dict) -> dict:

@@ -19,7 +19,7 @@ The parts written once here, so that each method file reads top to bottom:
   describes), ``mlp_net`` (a ``Net`` of those);
 * BatchNorm: ``apply_together`` (all views one group; multi-crop's small crops
   another), ``apply_per_view`` (a group per view), ``apply_in_groups`` and
-  ``groups_per_device`` (any groups);
+  ``groups_per_device`` (any groups), ``shuffle_bn`` (MoCo's ShuffleBN);
 * a momentum (EMA) network: ``momentum_modules``, ``momentum_update``,
   ``cosine_momentum``; a FIFO queue: ``enqueue``;
 * a sub-tree without gradient: ``freeze``; the loss's return value with the
@@ -29,7 +29,7 @@ The parts written once here, so that each method file reads top to bottom:
 * ``MomentumMethod``: a method with a momentum network (MoCo, BYOL, DINO).
 """
 
-from typing import Any, ClassVar, Mapping, Optional
+from typing import Any, Callable, ClassVar, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -156,6 +156,22 @@ def groups_per_device(bn_groups: int, axis_name: Optional[str], key: str) -> int
         f"normalises whole BatchNorm groups. Use e.g. --config.{key}="
         f"{devices * max(1, bn_groups // devices)}.")
   return bn_groups // devices
+
+
+def shuffle_bn(apply: Callable[[jax.Array], tuple[jax.Array, Any]], images: jax.Array,
+               rng: jax.Array, axis_name: Optional[str]) -> tuple[jax.Array, Any]:
+  """ShuffleBN (MoCo, CMC's momentum encoders): ``apply`` (images -> (outputs,
+  batch_stats), in BN groups) on this device's share of the global batch permuted
+  by ``rng`` (the same on every device). Returns its outputs for the whole global
+  batch in the batch's order, the same on every device, and the batch_stats
+  averaged over the mesh."""
+  n = images.shape[0]
+  everyone = parallel.gather(images, axis_name, invariant=True)
+  perm = jax.random.permutation(rng, everyone.shape[0])
+  out, stats = apply(everyone[parallel.own_rows(perm, n, axis_name)])
+  # Row i of the gathered outputs belongs to image perm[i]: invert the permutation.
+  out = parallel.gather(out, axis_name, invariant=True)[jnp.argsort(perm)]
+  return out, parallel.pmean(stats, axis_name)
 
 
 # ----------------------------------------------- momentum networks and queues

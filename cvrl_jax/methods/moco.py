@@ -31,7 +31,7 @@ normalised with its own statistics: every device takes G / devices consecutive
 groups of its shard (``base.apply_in_groups``). Queries use the batch as it
 comes; keys use the global batch permuted by a permutation drawn from the step's
 RNG (the same on every device), then are gathered and put back in order
-(``shuffle_bn``). On 8 devices with G = 8 this is exactly MoCo's per-GPU
+(``base.shuffle_bn``). On 8 devices with G = 8 this is exactly MoCo's per-GPU
 ShuffleBN; on 1 device with G = 8 it is the same computation (one device
 emulating 8), so a run gives the same losses on 1 and on 8 devices. The running
 averages kept are the mean over the groups (MoCo keeps GPU 0's).
@@ -43,29 +43,12 @@ the same on every device, and being part of the state it is checkpointed and
 restored with it.
 """
 
-from typing import Any, Callable, Optional
-
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from cvrl_jax import losses, parallel
 from cvrl_jax.methods import base
-
-
-def shuffle_bn(apply: Callable[[jax.Array], tuple[jax.Array, Any]], images: jax.Array,
-               rng: jax.Array, axis_name: Optional[str]) -> tuple[jax.Array, Any]:
-  """ShuffleBN: ``apply`` (images -> (outputs, batch_stats), in BN groups) on this
-  device's share of the global batch permuted by ``rng`` (the same on every
-  device). Returns its outputs for the whole global batch in the batch's order,
-  the same on every device, and the batch_stats averaged over the mesh."""
-  n = images.shape[0]
-  everyone = parallel.gather(images, axis_name, invariant=True)
-  perm = jax.random.permutation(rng, everyone.shape[0])
-  out, stats = apply(everyone[parallel.own_rows(perm, n, axis_name)])
-  # Row i of the gathered outputs belongs to image perm[i]: invert the permutation.
-  out = parallel.gather(out, axis_name, invariant=True)[jnp.argsort(perm)]
-  return out, parallel.pmean(stats, axis_name)
 
 
 class MoCo(base.MomentumMethod):
@@ -114,7 +97,7 @@ class MoCo(base.MomentumMethod):
     # Each key view is shuffled by a permutation of its own (the first by the
     # step's, as asymmetric MoCo).
     rngs = (rng, jax.random.fold_in(rng, 1))
-    keys, key_stats = zip(*(shuffle_bn(key_projections, images, r, axis_name)
+    keys, key_stats = zip(*(base.shuffle_bn(key_projections, images, r, axis_name)
                             for images, r in zip(key_views, rngs)))
     keys = [lax.stop_gradient(losses.l2_normalize(k)) for k in keys]
     own_keys = jnp.concatenate([parallel.own_rows(k, n, axis_name) for k in keys])

@@ -40,6 +40,12 @@ What this follows
   ``axis_name`` set, batch statistics are averaged over that mapped axis
   (cross-replica / global BN); at eval the running averages are used and no
   collective is issued.
+* ``norm="layer"`` (CPC v2, whose paper finds that BatchNorm lets a patch
+  encoder cheat through the statistics it shares across patches): every
+  BatchNorm becomes a LayerNorm over each sample's (H, W, C) with a per-channel
+  scale and bias (zero-initialised scale where the BN's was), under the BN's
+  name (``bn1``, ``proj_bn``, ...), so the parameter tree keeps its names and
+  has no ``batch_stats``. The default ``"batch"`` is the network above, unchanged.
 * 1x1 convolutions run as matrix products on a CPU (``pointwise_conv``), where
   XLA's own 1x1 convolutions are 1.8-2.3x slower; same parameters, same maths.
 """
@@ -137,11 +143,19 @@ def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str | None 
 
 
 def _bn(m: nn.Module, train: bool, zero_init: bool = False, name: str | None = None):
-  """BatchNorm configured from module ``m``'s bn_momentum/bn_epsilon/axis_name/dtype.
+  """BatchNorm configured from module ``m``'s bn_momentum/bn_epsilon/axis_name/dtype,
+  or (``m.norm == "layer"``) a LayerNorm over each sample's (H, W, C).
 
   Cross-replica statistics (``axis_name``) only in training; eval uses the
   running averages. ``zero_init`` sets gamma to 0 (last BN of a block).
   """
+  scale_init = nn.initializers.zeros if zero_init else nn.initializers.ones
+  if m.norm == "layer":
+    return nn.LayerNorm(epsilon=m.bn_epsilon, reduction_axes=(-3, -2, -1), feature_axes=-1,
+                        dtype=m.dtype, param_dtype=jnp.float32, scale_init=scale_init,
+                        name=name)
+  if m.norm != "batch":
+    raise ValueError(f"ResNet norm={m.norm!r}: use 'batch' or 'layer'.")
   return nn.BatchNorm(
     use_running_average=not train,
     axis_name=m.axis_name if train else None,
@@ -149,7 +163,7 @@ def _bn(m: nn.Module, train: bool, zero_init: bool = False, name: str | None = N
     epsilon=m.bn_epsilon,
     dtype=m.dtype,
     param_dtype=jnp.float32,
-    scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones,
+    scale_init=scale_init,
     name=name,
   )
 
@@ -163,10 +177,12 @@ class _Settings(nn.Module):
   bn_epsilon: float = 1e-5
   axis_name: str | None = None
   dtype: Any = jnp.float32
+  norm: str = "batch"  # or "layer" (CPC v2): see the module docstring
 
   def settings(self) -> dict[str, Any]:
     return dict(sk_ratio=self.sk_ratio, bn_momentum=self.bn_momentum,
-                bn_epsilon=self.bn_epsilon, axis_name=self.axis_name, dtype=self.dtype)
+                bn_epsilon=self.bn_epsilon, axis_name=self.axis_name, dtype=self.dtype,
+                norm=self.norm)
 
 
 class _Unit(_Settings):

@@ -53,6 +53,14 @@ momentum conventions differ (flax keeps ``m = 0.9`` of the old average, torch
 training continues in torch. Both are ResNet v1.5 with symmetric padding,
 so outputs agree to float rounding. torchvision has no width multiplier, no
 selective kernels and no ResNet-200: such encoders are refused (use ``.npz``).
+CMC's ``lab_split`` encoder is refused too: its two ResNets (on L, on ab) have half
+the configured width each, which torchvision lacks, and take the L*a*b* channels; in
+the cvrl layout they are the names under ``l/`` and ``ab/``, and the RGB-to-Lab step
+is ``cvrl_jax.models.lab_split`` (``make_encoder`` rebuilds the whole encoder).
+CPC's encoders are refused too: their ResNet has LayerNorm (``model.norm``), and
+their representation is the mean over a grid of patches (``model.patch_grid``, cut
+and pooled by ``cvrl_jax.models.patches``); the cvrl layout has the ResNet's names,
+and ``make_encoder`` of the metadata's ``model`` rebuilds the whole encoder.
 The CIFAR stem (3x3/1 conv, no max-pool) fits after changing two modules:
 ``torchvision_resnet(depth, stem="cifar")`` builds that model.
 """
@@ -155,6 +163,11 @@ def metadata(config: ml_collections.ConfigDict, step: int, layout: str) -> dict[
 def check_torchvision_compatible(model: ml_collections.ConfigDict) -> None:
   """Raises, naming the reason and the way out, when torchvision has no such ResNet."""
   fix = " Export to .npz or .safetensors (cvrl layout) instead, which holds any encoder."
+  if model.name == "lab_split":
+    raise ValueError(
+        "A 'lab_split' encoder (CMC) is two ResNets of half width_multiplier each, one on "
+        "the L and one on the ab channels of L*a*b*: torchvision's ResNets have width 1 "
+        f"and take RGB, so neither is one.{fix}")
   if model.name != "resnet":
     raise ValueError(f"A {model.name!r} encoder has no torchvision ResNet counterpart.{fix}")
   if model.depth not in TORCHVISION_DEPTHS:
@@ -167,6 +180,13 @@ def check_torchvision_compatible(model: ml_collections.ConfigDict) -> None:
   if float(model.sk_ratio) > 0:
     raise ValueError(f"sk_ratio={model.sk_ratio}: torchvision has no selective-kernel "
                      f"ResNets (SimCLR v2's R50-SK and wider).{fix}")
+  if model.norm != "batch":
+    raise ValueError(f"norm={model.norm!r} (CPC): torchvision's ResNets have BatchNorm, and "
+                     f"a LayerNorm over (H, W, C) does not map onto it.{fix}")
+  if model.patch_grid[0]:
+    raise ValueError(f"patch_grid={tuple(model.patch_grid)} (CPC): the representation is the "
+                     "ResNet's features averaged over a grid of patches, which a torchvision "
+                     f"ResNet does not compute.{fix}")
   if model.stem not in ("imagenet", "cifar"):
     raise ValueError(f"Unknown stem {model.stem!r}.")
 
