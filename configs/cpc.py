@@ -34,7 +34,12 @@ Variants (``--config=configs/cpc.py:NAME``):
       python -m cvrl_jax.main --config=configs/cpc.py:cpu \
           --config.data_dir=../shared/tfds --workdir=/tmp/cpc_cpu
 
-  Not measured yet (kNN at 500 steps: to be run).
+  Measured 2026-12-02 on the 2-core CPU (8 simulated devices): kNN top-1 (10k
+  train bank, 2k test queries) 28.15% at step 0 (random init) -> 31.7% at step
+  250 -> 31.5% at step 500, 17.8 min of training (0.4-0.5 steps/s, about half
+  SimCLR's: the 7x7 grid is 6,272 patches a step). The loss fell from chance
+  (3 ln 6272 = 26.23) to 25.37 and the online probe rose from 10% to 22% train
+  top-1.
 """
 
 import ml_collections
