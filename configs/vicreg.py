@@ -32,7 +32,11 @@ Variants (``--config=configs/vicreg.py:NAME``), Barlow Twins' likewise:
       python -m cvrl_jax.main --config=configs/vicreg.py:cpu \
           --config.data_dir=../shared/tfds --workdir=/tmp/vicreg_cpu
 
-  kNN top-1 on the 2-core CPU: not measured yet.
+  Measured 2026-12-02 on the 2-core CPU (8 simulated devices, nothing else
+  running): kNN top-1 (10k train bank, 2k test queries) 26.85% at step 0
+  (random init) -> 37.1% at step 250 -> 39.95% at step 500, 8.3 min of
+  training at about 1 step/s: the highest end of the 500-step table in the
+  README.
 """
 
 import ml_collections
