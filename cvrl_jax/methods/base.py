@@ -21,9 +21,11 @@ The parts written once here, so that each method file reads top to bottom:
   another), ``apply_per_view`` (a group per view), ``apply_in_groups`` and
   ``groups_per_device`` (any groups), ``shuffle_bn`` (MoCo's ShuffleBN);
 * a momentum (EMA) network: ``momentum_modules``, ``momentum_update``,
-  ``cosine_momentum``; a FIFO queue: ``enqueue``;
+  ``cosine_momentum``; a FIFO queue: ``random_unit_rows`` (its start) and
+  ``enqueue``;
 * a sub-tree without gradient: ``freeze``; the loss's return value with the
-  probe's: ``with_probe``; a string option's value: ``choice``;
+  probe's: ``with_probe``; a string option's value: ``choice``; the one-view
+  methods' check: ``require_one_view``;
 * ``PairLossMethod``: one network on each view, a global loss of the two views'
   projections (Barlow Twins, VICReg);
 * ``MomentumMethod``: a method with a momentum network (MoCo, BYOL, DINO).
@@ -37,7 +39,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax import lax
 
-from cvrl_jax import models, parallel
+from cvrl_jax import losses, models, parallel
 from cvrl_jax.models.heads import MLPHead
 
 Params = Any
@@ -202,6 +204,12 @@ def cosine_momentum(step: jax.Array, total_steps: int, base_momentum: float) -> 
   return 1.0 - (1.0 - base_momentum) * (jnp.cos(jnp.pi * progress) + 1.0) / 2.0
 
 
+def random_unit_rows(rng: jax.Array, rows: int, dim: int) -> jax.Array:
+  """``rows`` random unit vectors of ``dim``: a queue's (or a memory bank's) content
+  before any key arrives, as MoCo initialises its queue."""
+  return losses.l2_normalize(jax.random.normal(rng, (rows, dim)))
+
+
 def enqueue(queue: jax.Array, ptr: jax.Array, rows: jax.Array) -> tuple[jax.Array, jax.Array]:
   """FIFO: ``rows`` replace the oldest rows of ``queue``, from ``ptr`` on, wrapping
   around its end; returns the queue and the pointer to the next oldest row."""
@@ -239,6 +247,14 @@ def with_probe(loss: jax.Array, logits: jax.Array, labels: jax.Array,
   probe's, to differentiate, and the metrics ``loss``, the probe's and ``metrics``."""
   probe_loss, probe_metrics = probe_loss_and_metrics(logits, labels, axis_name)
   return loss + probe_loss, (batch_stats, extra, {"loss": loss, **probe_metrics, **metrics})
+
+
+def require_one_view(config: ml_collections.ConfigDict, method: str) -> None:
+  """Refuses ``num_views`` other than 1 for a method that learns from one view per
+  image (InstDisc, CPC)."""
+  if config.num_views != 1:
+    raise ValueError(f"{method} learns from one view per image, not num_views="
+                     f"{config.num_views}: set --config.num_views=1.")
 
 
 def choice(key: str, value: str, choices: Mapping[str, Any]) -> Any:

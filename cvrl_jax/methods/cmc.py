@@ -101,8 +101,8 @@ class CMC(base.MomentumMethod):
   def init(self, rng, images):
     net_rng, l_rng, ab_rng = jax.random.split(rng, 3)
     params, batch_stats, extra = super().init(net_rng, images)  # and the key network
-    queue = lambda r: losses.l2_normalize(
-        jax.random.normal(r, (self.config.cmc.queue_size, self.config.head.output_dim)))
+    queue = lambda r: base.random_unit_rows(r, self.config.cmc.queue_size,
+                                            self.config.head.output_dim)
     return params, batch_stats, {**extra, "queue_l": queue(l_rng), "queue_ab": queue(ab_rng),
                                  "queue_ptr": jnp.zeros((), jnp.int32)}
 

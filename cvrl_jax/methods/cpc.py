@@ -148,9 +148,7 @@ class CPC(base.Method):
     if not size:
       raise ValueError("CPC encodes a grid of patches: set --config.model.patch_grid="
                        "'(SIZE,STRIDE)' (configs/cpc.py does, e.g. (64,32) at 256 px).")
-    if config.num_views != 1:
-      raise ValueError(f"CPC learns from one view per image, not num_views="
-                       f"{config.num_views}: set --config.num_views=1.")
+    base.require_one_view(config, "CPC")
     if not 0 <= config.cpc.jitter < size:
       raise ValueError(f"cpc.jitter={config.cpc.jitter} must be in 0..{size - 1} px.")
     check_offsets(config.cpc.offsets, grid_shape(config.image_size, size, stride))

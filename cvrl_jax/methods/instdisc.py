@@ -130,9 +130,7 @@ class InstDisc(base.Method):
     if not config.example_index:
       raise ValueError("InstDisc updates its memory bank by each image's index: set "
                        "--config.example_index=True (configs/instdisc.py does).")
-    if config.num_views != 1:
-      raise ValueError(f"InstDisc learns from one view per image, not num_views="
-                       f"{config.num_views}: set --config.num_views=1.")
+    base.require_one_view(config, "InstDisc")
 
   @functools.cached_property
   def bank_size(self) -> int:
@@ -154,9 +152,8 @@ class InstDisc(base.Method):
   def init(self, rng, images):
     net_rng, bank_rng = jax.random.split(rng)
     params, batch_stats, _ = super().init(net_rng, images)
-    bank = jax.random.normal(bank_rng, (self.bank_size, self.config.head.output_dim))
-    return params, batch_stats, {"bank": losses.l2_normalize(bank),
-                                 "z": jnp.zeros((), jnp.float32)}
+    bank = base.random_unit_rows(bank_rng, self.bank_size, self.config.head.output_dim)
+    return params, batch_stats, {"bank": bank, "z": jnp.zeros((), jnp.float32)}
 
   def loss(self, params, batch_stats, extra, batch, rng, step, axis_name):
     del step

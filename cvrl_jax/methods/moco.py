@@ -70,10 +70,9 @@ class MoCo(base.MomentumMethod):
   def init(self, rng, images):
     net_rng, queue_rng = jax.random.split(rng)
     params, batch_stats, extra = super().init(net_rng, images)  # and the key network
-    queue = jax.random.normal(queue_rng, (self.config.moco.queue_size,
-                                          self.config.head.output_dim))
-    return params, batch_stats, {**extra, "queue": losses.l2_normalize(queue),
-                                 "queue_ptr": jnp.zeros((), jnp.int32)}
+    queue = base.random_unit_rows(queue_rng, self.config.moco.queue_size,
+                                  self.config.head.output_dim)
+    return params, batch_stats, {**extra, "queue": queue, "queue_ptr": jnp.zeros((), jnp.int32)}
 
   def loss(self, params, batch_stats, extra, batch, rng, step, axis_name):
     del step

@@ -50,7 +50,7 @@ class NNCLR(base.Method):
     params, batch_stats, _ = super().init(net_rng, images)
     size, dim = self.config.nnclr.queue_size, self.config.head.output_dim
     return params, batch_stats, {
-        "queue": losses.l2_normalize(jax.random.normal(queue_rng, (size, dim))),
+        "queue": base.random_unit_rows(queue_rng, size, dim),
         "queue_labels": jnp.full((size,), -1, jnp.int32), "queue_ptr": jnp.zeros((), jnp.int32)}
 
   def loss(self, params, batch_stats, extra, batch, rng, step, axis_name):
