@@ -1,9 +1,8 @@
 r"""Time to accuracy: kNN top-1 against training wall-clock time, as curves.
 
-    python -m benchmarks.time_to_accuracy --data_dir=../shared/tfds \
-        --run=simclr=configs/simclr_v2.py:cpu_27min \
-        --run=moco_v2=configs/moco_v2.py:cpu_27min \
-        --run=byol=configs/byol.py:cpu_27min --out=docs/results/tta_cpu
+    python -m benchmarks.time_to_accuracy --data_dir=../shared/tfds --minutes=27 \
+        --run=simclr=configs/simclr_v2.py:cpu --run=moco_v2=configs/moco_v2.py:cpu \
+        --run=byol=configs/byol.py:cpu --out=docs/results/tta_cpu
 
 Each ``--run=NAME=CONFIG`` is trained by ``python -m cvrl_jax.main`` as a user runs
 it (its own process, in ``OUT/work/NAME``), with the kNN monitor set to the
@@ -12,7 +11,10 @@ queries, k=200, T=0.1, cosine (``configs/knn_eval.py``'s default), at step 0 and
 at ``--evals`` evenly spaced points. The clock is the loop's ``train_seconds``:
 wall time since the process started (imports, data, compilation included),
 evaluations excluded. ``--minutes`` (optional) sets ``total_steps`` so that the
-schedule ends near that budget, from a short calibration run of the same config.
+schedule ends near that budget, from a short calibration run of the same config:
+the same preset's speed differs between machines (and between days of one shared
+machine) by up to 2x, so a budget in minutes, not a step count, is what a curve
+compares. ``benchmarks/gpu_speedrun.sh`` runs this on one GPU.
 
 Writes ``OUT/time_to_accuracy.json`` (every curve, the commands, the machine)
 and ``OUT/time_to_accuracy.png`` (kNN vs minutes, one line per run).

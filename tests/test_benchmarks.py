@@ -164,6 +164,36 @@ def test_time_to_accuracy_records_a_curve_per_run(tmp_path):
   assert "simclr: kNN" in proc.stdout and "again: kNN" in proc.stdout
 
 
+def test_gpu_speedrun_runs_end_to_end_on_the_cpu(tmp_path):
+  """benchmarks/gpu_speedrun.sh with a tiny budget and model: the input keep-up
+  check and a SimCLR curve whose schedule the budget set, as a GPU run writes
+  them; a data dir without cifar10/ stops at once with the fix."""
+  from conftest import SHARED_TFDS
+  tiny = ["--config.batch_size=16", "--config.num_train_examples=256",
+          "--config.image_size=16", "--config.model.width_multiplier=0.125",
+          "--config.knn.num_train_examples=256", "--config.knn.num_eval_examples=64",
+          "--config.knn.batch_size=64"]
+  out = tmp_path / "speedrun"
+  env = {**os.environ, "PYTHON": sys.executable, "METHODS": "simclr"}
+  proc = subprocess.run(["bash", "benchmarks/gpu_speedrun.sh", SHARED_TFDS, str(out), "0.7",
+                         "--", *tiny], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=900)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  speed = json.loads((out / "throughput.json").read_text())
+  assert speed["input_images_per_s"] > 0 and speed["train_images_per_s"] > 0
+  assert speed["batch_size"] == 16 and speed["image_size"] == 16
+  [run] = json.loads((out / "time_to_accuracy.json").read_text())["runs"]
+  assert run["config"] == "configs/simclr_v2.py:cifar10"
+  assert f"--config.total_steps={run['total_steps']}" in run["command"]
+  assert "--config.knn.num_train_examples=0" in run["command"]
+  steps = [p["step"] for p in run["curve"]]
+  assert steps[0] == 0 and steps[-1] == run["total_steps"] and len(steps) >= 2
+  assert (out / "time_to_accuracy.png").exists()
+  missing = subprocess.run(["bash", "benchmarks/gpu_speedrun.sh", str(tmp_path)], cwd=ROOT,
+                           env=env, capture_output=True, text=True, timeout=60)
+  assert missing.returncode == 2 and "No cifar10/" in missing.stderr
+
+
 def test_long_run_watch_finds_the_trainer_and_bounds_growth(tmp_path):
   """The leak watch of benchmarks/long_run.py: it finds the training process in a
   tree, reads its resources, and fails growth past the bounds (the 2,000-step
