@@ -69,6 +69,8 @@ def test_old_run_upgrades_to_todays_preset(name):
   today = importlib.import_module(f"configs.{name}").get_config("cpu")
   today.update(OVERRIDES)
   today.knn.eval_at_start = False
+  if name == "simclr_v2":  # the old run predates the preset's short-schedule levers
+    today.simclr.temperature, today.augment.crop_area = 0.5, (0.08, 1.0)
   upgraded = config_lib.upgrade(old)
   assert as_json(upgraded) == as_json(today)
   assert as_json(config_lib.upgrade(as_json(upgraded))) == as_json(upgraded)
