@@ -156,7 +156,7 @@ def step_flops(method, tx, config) -> float:
   return lower_step(method, tx, config, mesh, config.batch_size).cost_analysis()["flops"]
 
 
-def _timed(fn, steps: int) -> float:
+def timed(fn, steps: int) -> float:
   """Seconds per call of ``fn`` (which returns something to wait for)."""
   start = time.perf_counter()
   for _ in range(steps):
@@ -211,7 +211,7 @@ def train_throughput(config, steps: int, synthetic: bool = False) -> dict:
   jax.block_until_ready(run(batch))  # warm-up
   jax.block_until_ready(run(batch))
 
-  device_s = _timed(lambda: run(batch), steps)  # one resident batch: compute only
+  device_s = timed(lambda: run(batch), steps)  # one resident batch: compute only
   wait = 0.0
 
   def from_input():
@@ -222,7 +222,7 @@ def train_throughput(config, steps: int, synthetic: bool = False) -> dict:
     return run(b)
 
   # Synthetic: the same resident batch, so step time is the device's alone.
-  step_s = device_s if synthetic else _timed(from_input, steps)
+  step_s = device_s if synthetic else timed(from_input, steps)
   # CPU devices keep no memory statistics: their memory is peak_host_rss_mb's.
   device_peak = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in jax.local_devices()]
   peak, peak_source = peak_flops(list(mesh.devices.flat))

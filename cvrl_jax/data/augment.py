@@ -82,7 +82,8 @@ def _as_float_image(image: tf.Tensor) -> tf.Tensor:
   return tf.image.convert_image_dtype(tf.convert_to_tensor(image), tf.float32)
 
 
-def _clip(image: tf.Tensor) -> tf.Tensor:
+def clip(image: tf.Tensor) -> tf.Tensor:
+  """Back into [0, 1] after an op that can leave it (device_augment.clip's twin)."""
   return tf.clip_by_value(image, 0.0, 1.0)
 
 
@@ -121,7 +122,7 @@ def _random_apply(
 def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
   """Bicubic resize to size x size (as SimCLR), clipped: bicubic overshoots."""
   out = tf.image.resize(image, [size, size], method=tf.image.ResizeMethod.BICUBIC)
-  return _clip(out)
+  return clip(out)
 
 
 # ---------------------------------------------------------------------------
@@ -245,17 +246,17 @@ def color_jitter_explicit(
   ops = []
   if active(brightness):
     b = _uniform(b_seed, tf.maximum(1.0 - brightness, 0.0), 1.0 + brightness)
-    ops.append(lambda x: _clip(x * b))
+    ops.append(lambda x: clip(x * b))
   if active(contrast):
     c = _uniform(c_seed, tf.maximum(1.0 - contrast, 0.0), 1.0 + contrast)
-    ops.append(lambda x: _clip(tf.image.adjust_contrast(x, c)))
+    ops.append(lambda x: clip(tf.image.adjust_contrast(x, c)))
   if active(saturation):
     s = _uniform(s_seed, tf.maximum(1.0 - saturation, 0.0), 1.0 + saturation)
-    ops.append(lambda x: _clip(tf.image.adjust_saturation(x, s)))
+    ops.append(lambda x: clip(tf.image.adjust_saturation(x, s)))
   if active(hue):
     h_max = tf.minimum(tf.cast(hue, tf.float32), 0.5)
     h = _uniform(h_seed, -h_max, h_max)
-    ops.append(lambda x: _clip(tf.image.adjust_hue(x, h)))
+    ops.append(lambda x: clip(tf.image.adjust_hue(x, h)))
 
   def jitter(x: tf.Tensor) -> tf.Tensor:
     if len(ops) == 1:
@@ -293,7 +294,7 @@ def random_grayscale(image: tf.Tensor, seed: SeedLike, *, p: float = 0.2) -> tf.
   image = _as_float_image(image)
 
   def gray(x: tf.Tensor) -> tf.Tensor:
-    return _clip(tf.tile(tf.image.rgb_to_grayscale(x), [1, 1, 3]))
+    return clip(tf.tile(tf.image.rgb_to_grayscale(x), [1, 1, 3]))
 
   return _random_apply(gray, image, _as_seed(seed), p)
 
@@ -331,7 +332,7 @@ def _gaussian_kernel(radius, sigma: tf.Tensor) -> tf.Tensor:
   return weights / tf.reduce_sum(weights)
 
 
-def _gaussian_blur(image: tf.Tensor, sigma: tf.Tensor, radius) -> tf.Tensor:
+def gaussian_blur(image: tf.Tensor, sigma: tf.Tensor, radius) -> tf.Tensor:
   """Separable Gaussian blur with reflect padding (keeps borders unbiased)."""
   channels = image.shape[-1] if image.shape[-1] is not None else 3
   kernel = _gaussian_kernel(radius, sigma)
@@ -341,7 +342,7 @@ def _gaussian_blur(image: tf.Tensor, sigma: tf.Tensor, radius) -> tf.Tensor:
   x = padded[tf.newaxis]
   x = tf.nn.depthwise_conv2d(x, k_vert, strides=[1, 1, 1, 1], padding="VALID")
   x = tf.nn.depthwise_conv2d(x, k_horiz, strides=[1, 1, 1, 1], padding="VALID")
-  return tf.reshape(_clip(x[0]), tf.shape(image))
+  return tf.reshape(clip(x[0]), tf.shape(image))
 
 
 @_graph_safe
@@ -360,7 +361,7 @@ def random_blur(
   radius = _blur_radius(image)
 
   def blur(x: tf.Tensor) -> tf.Tensor:
-    out = _gaussian_blur(x, _sample_blur_sigma(sigma_seed, sigma_range), radius)
+    out = gaussian_blur(x, _sample_blur_sigma(sigma_seed, sigma_range), radius)
     return tf.ensure_shape(out, x.shape)
 
   return _random_apply(blur, image, coin_seed, p)
@@ -478,7 +479,7 @@ def random_gaussian_noise(
 
   def noise(x: tf.Tensor) -> tf.Tensor:
     sigma = _uniform(sigma_seed, sigma_range[0], sigma_range[1])
-    return _clip(x + sigma * tf.random.stateless_normal(tf.shape(x), noise_seed))
+    return clip(x + sigma * tf.random.stateless_normal(tf.shape(x), noise_seed))
 
   return _random_apply(noise, image, coin_seed, p)
 
@@ -503,7 +504,7 @@ def random_sobel(image: tf.Tensor, seed: SeedLike, *, p: float) -> tf.Tensor:
   def sobel(x: tf.Tensor) -> tf.Tensor:
     magnitude = _sobel_magnitude(x)
     magnitude = tf.math.divide_no_nan(magnitude, tf.reduce_max(magnitude))
-    return tf.ensure_shape(_clip(tf.tile(magnitude, [1, 1, 3])), x.shape)
+    return tf.ensure_shape(clip(tf.tile(magnitude, [1, 1, 3])), x.shape)
 
   return _random_apply(sobel, image, _as_seed(seed), p)
 

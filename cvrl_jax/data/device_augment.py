@@ -172,7 +172,7 @@ def blur_radius(side: int) -> int:
 
 
 def gaussian_blur(x: jax.Array, sigma, radius: int) -> jax.Array:
-  """Separable Gaussian blur, reflect padding (augment._gaussian_blur), unclipped.
+  """Separable Gaussian blur, reflect padding (augment.gaussian_blur), unclipped.
 
   Written as sums of shifted slices: XLA fuses them, and a per-example sigma
   needs no batched-kernel convolution under vmap.
