@@ -25,7 +25,7 @@ def test_bad_override_is_refused_in_one_clear_message(tmp_path, override, messag
 def test_unknown_variant_names_the_choices(tmp_path):
   r = run_main("--config=configs/simclr_v2.py:cifar100", f"--workdir={tmp_path}")
   assert r.returncode != 0
-  assert "use imagenet, cifar10, cifar10_r50, cpu, mnist or imagenette" in r.stderr
+  assert "use imagenet, cifar10, cifar10_r50, cpu, cpu_27min, mnist or imagenette" in r.stderr
 
 
 def test_default_workdir_is_named_after_the_config_and_variant():
