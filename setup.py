@@ -16,6 +16,12 @@ INSTALL_REQUIRES = [
     "numpy>=2.0",
 ]
 
+# Detection transfer (configs/detection.py) and the PyTorch export: torch's CPU build
+# installs from the local wheel folder (find-links); the pins keep pip from choosing
+# a newer CUDA build. torchvision's compiled ops may then not load: tools/export.py's
+# import_torchvision supplies the one the detector needs (nms).
+DETECTION = ["torch==2.13.0", "torchvision==0.28.0", "pycocotools>=2.0.7", "pillow>=10"]
+
 setuptools.setup(
     name="cvrl_jax",
     version="0.1.0",
@@ -23,11 +29,9 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["cvrl_jax", "cvrl_jax.*"]),
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": [
+    extras_require={"detection": DETECTION, "test": DETECTION + [
         "pytest>=8", "pytest-xdist>=3.8",
-        # Export tests: torch's CPU build installs from the local wheel folder
-        # (find-links); the pins keep pip from choosing a newer CUDA build.
-        "torch==2.13.0", "torchvision==0.28.0", "safetensors>=0.4",
+        "safetensors>=0.4",
         # The Colab notebook, executed on the CPU (tests/test_notebook.py).
         "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "matplotlib>=3.8",
         # The transfer example's image folder of handwritten digits (tools/digits_folder.py).

@@ -2,7 +2,8 @@
 
 The config's ``task`` picks the run: pre-training (no ``task`` key), or an
 evaluation of a pre-trained workdir (configs/linear_eval.py, finetune.py,
-distill.py, knn_eval.py). Each is a module with ``train_and_evaluate(config, workdir)``.
+distill.py, knn_eval.py, detection.py). Each is a module with
+``train_and_evaluate(config, workdir)``.
 
 Without ``--workdir`` the run goes to ``runs/<config file>_<variant>`` under the
 current directory (``runs/simclr_v2`` for ``--config=configs/simclr_v2.py``,
@@ -42,6 +43,7 @@ TASKS = {
     "finetune": "cvrl_jax.evaluation.finetune",
     "distill": "cvrl_jax.evaluation.distill",
     "knn": "cvrl_jax.evaluation.knn_eval",
+    "detection": "cvrl_jax.evaluation.detection",
 }
 
 

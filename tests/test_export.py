@@ -70,17 +70,18 @@ def test_files_load_back_the_same_arrays_and_metadata(tmp_path, ext):
     np.testing.assert_array_equal(arrays[k], flat[k])
 
 
-@pytest.mark.parametrize("depth,stem,size", [(18, "imagenet", 64), (18, "cifar", 32),
-                                             (50, "imagenet", 64)])
-def test_torchvision_gives_the_same_features(depth, stem, size):
+@pytest.mark.parametrize("depth,stem,size,width", [
+    (18, "imagenet", 64, 1.0), (18, "cifar", 32, 1.0), (50, "imagenet", 64, 1.0),
+    (18, "cifar", 32, 0.25), (50, "imagenet", 64, 0.25)])
+def test_torchvision_gives_the_same_features(depth, stem, size, width):
   torch, _ = torch_and_torchvision()
-  model = ResNet(depth=depth, stem=stem)
+  model = ResNet(depth=depth, stem=stem, width_multiplier=width)
   v = perturbed_variables(model, (1, size, size, 3), seed=depth)
   images = np.random.default_rng(1).uniform(0, 1, (2, size, size, 3)).astype(np.float32)
   expected = np.asarray(model.apply(v, images, train=False))
 
   state = export.torchvision_state_dict(export.flatten(v["params"], v["batch_stats"]), step=7)
-  net = export.torchvision_resnet(depth, stem)
+  net = export.torchvision_resnet(depth, stem, width)
   net.load_state_dict({k: torch.from_numpy(np.array(a)) for k, a in state.items()}, strict=True)
   net.eval()
   with torch.no_grad():
@@ -90,7 +91,6 @@ def test_torchvision_gives_the_same_features(depth, stem, size):
 
 
 @pytest.mark.parametrize("model,reason", [
-    (dict(depth=18, width_multiplier=0.25, stem="cifar"), "width_multiplier=0.25"),
     (dict(depth=50, width_multiplier=1, sk_ratio=0.0625), "selective-kernel"),
     (dict(name="vit", depth=12), "'vit' encoder"),
     (dict(depth=200, width_multiplier=1), "no ResNet-200"),
@@ -155,7 +155,10 @@ def test_bad_workdirs_and_formats_are_refused(tmp_path):
   (tmp_path / "config.json").write_text(simclr_v2.get_config("cpu").to_json_best_effort())
   with pytest.raises(FileNotFoundError, match="has no checkpoints"):
     export.export(str(tmp_path), str(tmp_path / "enc.npz"))
-  with pytest.raises(ValueError, match="width_multiplier=0.25"):
+  sk = simclr_v2.get_config("cpu")
+  sk.model.update(depth=50, sk_ratio=0.0625)
+  (tmp_path / "config.json").write_text(sk.to_json_best_effort())
+  with pytest.raises(ValueError, match="selective-kernel"):  # before looking for checkpoints
     export.export(str(tmp_path), str(tmp_path / "enc.pt"))
   with pytest.raises(ValueError, match="extension picks the format"):
     export.export(str(tmp_path), str(tmp_path / "enc.h5"))

@@ -67,6 +67,7 @@ __all__ = [
   "SelectiveKernelConv",
   "resnet",
   "feature_dim",
+  "stage_widths",
   "STAGE_SIZES",
 ]
 
@@ -95,6 +96,12 @@ def _channels(base: int, width_multiplier: float) -> int:
   if c < 1:
     raise ValueError(f"width_multiplier {width_multiplier} gives no channels.")
   return c
+
+
+def stage_widths(width_multiplier: float = 1) -> tuple[int, int, int, int, int]:
+  """Channels of the stem and of each stage's 3x3 convs (a bottleneck block outputs
+  4x its stage's), for ports of this ResNet to other frameworks (tools/export.py)."""
+  return tuple(_channels(base, width_multiplier) for base in (64, 64, 128, 256, 512))
 
 
 def feature_dim(depth: int, width_multiplier: float = 1) -> int:

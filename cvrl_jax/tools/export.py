@@ -10,7 +10,9 @@ The format follows the extension of ``--out``:
 * ``.npz`` / ``.safetensors``: the encoder in cvrl_jax's own layout (below), any
   encoder (ResNet of any width, with selective kernels, or ViT). Needs no torch.
 * ``.pt``: a PyTorch ``state_dict`` for ``torchvision.models.resnet{18,34,50,101,152}``
-  with ``fc`` replaced by ``torch.nn.Identity()`` (the encoder has no classifier).
+  with ``fc`` replaced by ``torch.nn.Identity()`` (the encoder has no classifier); for
+  a ``width_multiplier`` other than 1, the same model with every stage's channels
+  scaled (``torchvision_resnet(depth, stem, width_multiplier)``, torchvision's blocks).
   ``--layout=torchvision`` writes the same names and shapes to ``.npz`` or
   ``.safetensors`` instead, without torch.
 
@@ -51,8 +53,11 @@ libraries compute ``(x - mean) / sqrt(var + eps) * gamma + beta`` at eval, with
 momentum conventions differ (flax keeps ``m = 0.9`` of the old average, torch
 ``momentum = 0.1`` of the new batch): the same rule, which matters only if
 training continues in torch. Both are ResNet v1.5 with symmetric padding,
-so outputs agree to float rounding. torchvision has no width multiplier, no
-selective kernels and no ResNet-200: such encoders are refused (use ``.npz``).
+so outputs agree to float rounding. torchvision has no width multiplier, so other
+widths are built from its public ``BasicBlock`` / ``Bottleneck`` at the widths of
+``models.resnet.stage_widths`` (the same module names, hence the same state dict
+names); it has no selective kernels and no ResNet-200: such encoders are refused
+(use ``.npz``).
 CMC's ``lab_split`` encoder is refused too: its two ResNets (on L, on ab) have half
 the configured width each, which torchvision lacks, and take the L*a*b* channels; in
 the cvrl layout they are the names under ``l/`` and ``ab/``, and the RGB-to-Lab step
@@ -81,6 +86,7 @@ from cvrl_jax import checkpoint
 from cvrl_jax import config as config_lib
 from cvrl_jax.methods import base
 from cvrl_jax.models import ResNet
+from cvrl_jax.models.resnet import STAGE_SIZES, stage_widths
 
 FORMATS = (".npz", ".safetensors", ".pt")
 LAYOUTS = ("cvrl", "torchvision")
@@ -173,10 +179,6 @@ def check_torchvision_compatible(model: ml_collections.ConfigDict) -> None:
   if model.depth not in TORCHVISION_DEPTHS:
     raise ValueError(f"torchvision has no ResNet-{model.depth} (it has "
                      f"{TORCHVISION_DEPTHS}).{fix}")
-  if float(model.width_multiplier) != 1.0:
-    raise ValueError(
-        f"width_multiplier={model.width_multiplier}: torchvision's ResNets have width 1 "
-        f"only (its wide_resnet widens the bottleneck's inner convs, not the network).{fix}")
   if float(model.sk_ratio) > 0:
     raise ValueError(f"sk_ratio={model.sk_ratio}: torchvision has no selective-kernel "
                      f"ResNets (SimCLR v2's R50-SK and wider).{fix}")
@@ -207,7 +209,7 @@ def torchvision_state_dict(flat: dict[str, np.ndarray], step: int = 0,
                            bn_names: Optional[set[str]] = None) -> dict[str, np.ndarray]:
   """torchvision names and shapes (conv kernels OIHW), as numpy arrays.
 
-  ``flat`` is the cvrl layout of a width-1 ResNet without selective kernels (check
+  ``flat`` is the cvrl layout of a ResNet without selective kernels (check
   with ``check_torchvision_compatible`` first). ``num_batches_tracked`` = ``step``.
   """
   out = {}
@@ -232,8 +234,12 @@ def import_torchvision():
 
   PyPI's torchvision wheels link CUDA; next to torch's CPU wheel their compiled ops
   fail to load and ``import torchvision`` stops at "operator torchvision::nms does
-  not exist". The models need none of those ops: declaring the two schemas that
-  torchvision's import registers against lets the pure-Python models load.
+  not exist". The classification models need none of those ops; the detection
+  models need two: ``roi_align``, which torchvision computes in pure PyTorch when
+  its compiled ops are missing, and ``nms``, which it does not. So the shim
+  declares the schemas torchvision's import registers against, gives ``nms`` a
+  pure-PyTorch kernel (``greedy_nms``), and lets ``torchvision.ops.boxes`` (whose
+  functions check that the compiled library loaded before calling an op) call it.
   """
   global _TORCHVISION_SHIM
   try:
@@ -248,27 +254,83 @@ def import_torchvision():
   _TORCHVISION_SHIM = torch.library.Library("torchvision", "FRAGMENT")  # kept alive
   for op in ("nms", "qnms"):
     _TORCHVISION_SHIM.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+  _TORCHVISION_SHIM.impl("nms", greedy_nms, "CompositeExplicitAutograd")
   import torchvision  # pylint: disable=import-outside-toplevel,redefined-outer-name
+  # boxes.nms / batched_nms call torch.ops.torchvision.nms after this check, which
+  # fails while the compiled library is missing; nms now has a kernel.
+  torchvision.ops.boxes._assert_has_ops = lambda: None  # pylint: disable=protected-access
   return torchvision
 
 
-def torchvision_resnet(depth: int, stem: str = "imagenet"):
+def greedy_nms(boxes, scores, iou_threshold: float):
+  """Non-maximum suppression as ``torchvision.ops.nms`` computes it, in PyTorch.
+
+  Indices of the kept boxes (``[N, 4]`` as x1, y1, x2, y2) in decreasing score:
+  a box is kept unless a kept box of higher score overlaps it with IoU above
+  ``iou_threshold``. One IoU matrix, then a greedy pass over its rows.
+  """
+  import torch  # pylint: disable=import-outside-toplevel
+  order = torch.argsort(scores, descending=True, stable=True)
+  b = boxes[order].to(torch.float32)
+  area = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
+  top_left = torch.maximum(b[:, None, :2], b[None, :, :2])
+  bottom_right = torch.minimum(b[:, None, 2:], b[None, :, 2:])
+  inter = (bottom_right - top_left).clamp(min=0).prod(dim=2)
+  union = area[:, None] + area[None, :] - inter
+  overlaps = (inter > iou_threshold * union).cpu().numpy()  # IoU > t, no 0/0
+  keep = np.ones(len(order), bool)
+  for i in range(len(order)):
+    if keep[i]:
+      keep[i + 1:] &= ~overlaps[i, i + 1:]
+  return order[torch.from_numpy(keep).to(order.device)]
+
+
+def torchvision_resnet(depth: int, stem: str = "imagenet", width_multiplier: float = 1.0):
   """``torchvision.models.resnet{depth}()`` that a ``.pt`` export loads into (strict).
 
   ``fc`` is ``Identity`` (the export has no classifier), so the model returns the
   pooled features; ``stem="cifar"`` swaps in a 3x3 stride-1 ``conv1`` and drops
-  the max-pool, as cvrl_jax's CIFAR stem.
+  the max-pool, as cvrl_jax's CIFAR stem. ``width_multiplier != 1`` rebuilds the
+  stem and the four stages from torchvision's blocks at cvrl_jax's widths.
   """
   import torch  # pylint: disable=import-outside-toplevel
   model_config = config_lib.model_section()
-  model_config.update(depth=depth, stem=stem)
+  model_config.update(depth=depth, stem=stem, width_multiplier=width_multiplier)
   check_torchvision_compatible(model_config)
-  model = getattr(import_torchvision().models, f"resnet{depth}")()
+  tv = import_torchvision()
+  model = getattr(tv.models, f"resnet{depth}")()
+  if float(width_multiplier) != 1.0:
+    _scale_widths(model, depth, width_multiplier)
   if stem == "cifar":
-    model.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.conv1 = torch.nn.Conv2d(model.conv1.in_channels, model.conv1.out_channels,
+                                  kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = torch.nn.Identity()
   model.fc = torch.nn.Identity()
   return model
+
+
+def _scale_widths(model, depth: int, width_multiplier: float) -> None:
+  """Replaces ``model``'s stem and stages by the same blocks at scaled widths."""
+  import torch  # pylint: disable=import-outside-toplevel
+  from torchvision.models import resnet as tv_resnet  # pylint: disable=import-outside-toplevel
+  sizes, bottleneck = STAGE_SIZES[depth]
+  block = tv_resnet.Bottleneck if bottleneck else tv_resnet.BasicBlock
+  stem_width, *widths = stage_widths(width_multiplier)
+  model.conv1 = torch.nn.Conv2d(3, stem_width, 7, 2, 3, bias=False)
+  model.bn1 = torch.nn.BatchNorm2d(stem_width)
+  channels = stem_width
+  for s, (width, blocks) in enumerate(zip(widths, sizes)):
+    layer = []
+    for i in range(blocks):
+      stride = 2 if s > 0 and i == 0 else 1
+      out = width * block.expansion
+      downsample = None
+      if stride != 1 or channels != out:
+        downsample = torch.nn.Sequential(tv_resnet.conv1x1(channels, out, stride),
+                                         torch.nn.BatchNorm2d(out))
+      layer.append(block(channels, width, stride, downsample))
+      channels = out
+    setattr(model, f"layer{s + 1}", torch.nn.Sequential(*layer))
 
 
 def save(path: str, arrays: dict[str, np.ndarray], meta: dict[str, str]) -> None:
@@ -333,8 +395,10 @@ def describe_model(model: ml_collections.ConfigDict) -> str:
 
 def torch_usage(model: ml_collections.ConfigDict, path: str) -> str:
   """The lines that load a ``.pt`` export into torchvision."""
+  width = ("" if float(model.width_multiplier) == 1.0
+           else f", width_multiplier={model.width_multiplier:g}")
   return (f"from cvrl_jax.tools.export import torchvision_resnet\n"
-          f"model = torchvision_resnet({model.depth}, stem={model.stem!r})  "
+          f"model = torchvision_resnet({model.depth}, stem={model.stem!r}{width})  "
           f"# fc = Identity{'; 3x3/1 conv1, no max-pool' if model.stem == 'cifar' else ''}\n"
           f"model.load_state_dict(torch.load({path!r}, weights_only=True))\n"
           f"model.eval()  # input: {INPUT_NOTE}")
