@@ -48,13 +48,14 @@ Variants (``--config=configs/simclr_v2.py:NAME``):
       python -m cvrl_jax.main --config=configs/simclr_v2.py:cpu_27min \
           --config.data_dir=../shared/tfds --workdir=/tmp/simclr_cpu_27min
 
-  Measured 2026-12-03 on the 2-core CPU alone, the schedule fitted by the tool's
-  calibration to 1557 steps: kNN top-1 on the standard protocol 30.87% (random
-  init) -> 46.2% (step 519, 10.3 min) -> **51.64%** (step 1038, 21.4 min) ->
-  52.23% (step 1557, 32.0 min); minutes of training, start-up included,
-  evaluations not. The calibration took the speed of its 30 steps (122-125
-  images/s) where the run held 105, so the schedule overran 27 minutes; 1300
-  steps fit them at the run's rate (not run as such yet).
+  Measured 2026-12-03 on the 2-core CPU, the preset as it is (1300 steps,
+  ``benchmarks.time_to_accuracy`` without ``--minutes``): kNN top-1 on the standard
+  protocol 30.86% (random init) -> 46.01% (step 434, 7.3 min) -> 50.4% (step 868,
+  14.3 min) -> **51.00%** (step 1300, 22.2 min of training, start-up included,
+  evaluations not; 26.5 min wall with the four evaluations). Linear probe
+  (``linear_eval.py:cpu``) of its step 1300: **49.82%** top-1 (25.80% for its
+  random initialisation). An earlier run fitted to 1557 steps by the tool's
+  calibration reached 51.64% at 21.4 min and 52.23% at 32.0 min.
 
 * ``mnist``: the ``cpu`` preset (at the recipe's T=0.5) on the real MNIST at its 28 px
   (``config_lib.use_mnist``: digits read as 3 equal channels; brightness and
