@@ -106,13 +106,18 @@ def test_box_ap_against_hand_worked_values():
   def ap(boxes, scores):
     return detection.box_ap(data, [{"boxes": np.array(boxes, np.float32),
                                      "scores": np.array(scores), "labels": np.ones(len(scores))}])
-  assert ap([[10, 10, 60, 60]], [0.9]) == pytest.approx({"box_ap": 100.0, "box_ap50": 100.0})
+  assert ap([[10, 10, 60, 60]], [0.9]) == pytest.approx(
+      {"box_ap": 100.0, "box_ap50": 100.0, "box_ap75": 100.0})
   # IoU 42*50 / 50*50 = 0.84: a hit at the thresholds 0.5, 0.55, ... 0.8, 7 of the 10.
-  assert ap([[10, 10, 52, 60]], [0.9]) == pytest.approx({"box_ap": 70.0, "box_ap50": 100.0})
+  assert ap([[10, 10, 52, 60]], [0.9]) == pytest.approx(
+      {"box_ap": 70.0, "box_ap50": 100.0, "box_ap75": 100.0})
+  # IoU 31*50 / 50*50 = 0.62: a hit at 0.5, 0.55, 0.6 (3 of 10), a miss at 0.75.
+  assert ap([[10, 10, 41, 60]], [0.9]) == pytest.approx(
+      {"box_ap": 30.0, "box_ap50": 100.0, "box_ap75": 0.0})
   # A false positive scored above the hit: precision 1/2 at recall 1.
   assert ap([[70, 70, 90, 90], [10, 10, 60, 60]], [0.9, 0.8])["box_ap50"] == pytest.approx(
       50.0, abs=0.5)
-  assert ap([], []) == {"box_ap": 0.0, "box_ap50": 0.0}
+  assert ap([], []) == {"box_ap": 0.0, "box_ap50": 0.0, "box_ap75": 0.0}
 
 
 def test_learning_rate_warms_up_then_steps_down():
@@ -138,6 +143,13 @@ def test_the_backbone_is_the_encoder(tmp_path):
   want = np.asarray(method.features(jax.device_get(state.params),
                                     jax.device_get(state.batch_stats), images))
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  # Step 0: the run's initialisation, rebuilt from its config (no checkpoint at 0),
+  # as the other evaluations' random-init baseline.
+  _, init, step = detection.pretrained_backbone(_raccoon_config(pretrained=workdir,
+                                                                pretrained_step=0))
+  assert step == 0 and sorted(init) == sorted(state_dict)
+  np.testing.assert_array_equal(init["layer4.1.bn2.running_var"], 1.0)
+  detection.build_detector(pre_config, c, 1, init)  # loads strictly
 
 
 def test_bad_input_is_refused_with_the_fix(tmp_path):
@@ -163,5 +175,6 @@ def test_the_readme_command_fine_tunes_and_reports_ap(tmp_path):
   assert [r["step"] for r in rows if "loss" in r] == [2]
   final = rows[-1]
   assert 0 <= final["box_ap"] <= final["box_ap50"] <= 100 and final["train_seconds"] > 0
+  assert final["box_ap75"] <= final["box_ap50"]
   assert "box AP" in (out / "summary.txt").read_text()
   assert (out / "detector.pt").exists() and (out / "config.json").exists()

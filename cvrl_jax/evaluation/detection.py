@@ -6,8 +6,8 @@ random initialisation, ``pretrained_step=0``), fine-tuned end to end on a
 detection set, box AP on the held-out split. Here the detector is torchvision's
 (``torchvision.models.detection.FasterRCNN`` with its FPN), the backbone the
 encoder's PyTorch port (``tools.export.torchvision_resnet``, any width), and the AP
-pycocotools' (``COCOeval``: AP@[.5:.95], and AP@0.5 by COCO's 101-point
-definition). Choices, as the anchors' small-batch recipes:
+pycocotools' (``COCOeval``: AP@[.5:.95], AP@0.5 and AP@0.75, COCO's 101-point
+definitions). Choices, as the anchors' small-batch recipes:
 
 * BatchNorm is fine-tuned with batch statistics (the MoCo recipe's SyncBN, per
   batch here), not frozen: frozen statistics of a random initialisation would not
@@ -23,7 +23,8 @@ Data: a Pascal VOC folder (``JPEGImages/`` or ``images/``, ``Annotations/`` or
 ``annotations/`` of XML files; splits from ``ImageSets/Main/<split>.txt`` or, as
 in ``../shared/raccoon``, ``<split>_labels.csv``) or a COCO folder
 (``annotations/instances_<split>.json``, images in ``<split>/``). The run writes
-``metrics.jsonl`` (``loss`` while training; ``box_ap``, ``box_ap50`` at the end),
+``metrics.jsonl`` (``loss`` while training; ``box_ap``, ``box_ap50``, ``box_ap75`` at
+the end),
 ``summary.txt`` and ``detector.pt`` (the fine-tuned state dict) to its workdir.
 """
 
@@ -40,12 +41,14 @@ import time
 import xml.etree.ElementTree as ET
 from typing import Any, Optional, Sequence
 
+import jax
 import ml_collections
 import numpy as np
 from absl import logging
 from PIL import Image
 
-from cvrl_jax import checkpoint, loop
+from cvrl_jax import checkpoint, loop, parallel
+from cvrl_jax.evaluation import pretrained as pretrained_lib
 from cvrl_jax.models.resnet import STAGE_SIZES, stage_widths
 from cvrl_jax.tools import export
 
@@ -241,7 +244,7 @@ def coco_ground_truth(data: DetectionSet) -> dict:
 
 
 def box_ap(data: DetectionSet, detections: list[dict]) -> dict[str, float]:
-  """COCO's box AP@[.5:.95] and AP@0.5 (in %) of ``detections`` (per image of
+  """COCO's box AP@[.5:.95], AP@0.5 and AP@0.75 (in %) of ``detections`` (per image of
   ``data``: ``boxes`` [N, 4] x1y1x2y2, ``scores``, ``labels`` as numpy)."""
   from pycocotools.coco import COCO  # pylint: disable=import-outside-toplevel
   from pycocotools.cocoeval import COCOeval  # pylint: disable=import-outside-toplevel
@@ -250,7 +253,7 @@ def box_ap(data: DetectionSet, detections: list[dict]) -> dict[str, float]:
              for i, d in enumerate(detections)
              for b, s, c in zip(d["boxes"], d["scores"], d["labels"])]
   if not results:
-    return {"box_ap": 0.0, "box_ap50": 0.0}
+    return {"box_ap": 0.0, "box_ap50": 0.0, "box_ap75": 0.0}
   printed = io.StringIO()
   with contextlib.redirect_stdout(printed):  # pycocotools prints its progress and table
     gt = COCO()
@@ -261,8 +264,8 @@ def box_ap(data: DetectionSet, detections: list[dict]) -> dict[str, float]:
     evaluator.accumulate()
     evaluator.summarize()
   logging.info("COCOeval:\n%s", printed.getvalue())
-  ap, ap50 = (max(float(v), 0.0) * 100 for v in evaluator.stats[:2])  # -1: no boxes
-  return {"box_ap": ap, "box_ap50": ap50}
+  ap, ap50, ap75 = (max(float(v), 0.0) * 100 for v in evaluator.stats[:3])  # -1: no boxes
+  return {"box_ap": ap, "box_ap50": ap50, "box_ap75": ap75}
 
 
 def detect(model, data: DetectionSet, batch_size: int) -> list[dict]:
@@ -279,13 +282,14 @@ def detect(model, data: DetectionSet, batch_size: int) -> list[dict]:
 
 
 def pretrained_backbone(config: ml_collections.ConfigDict) -> tuple[Any, dict, int]:
-  """(pre-training config, torchvision state dict of its encoder, step)."""
-  step = None if config.pretrained_step < 0 else config.pretrained_step
-  pre_config = checkpoint.read_config(config.pretrained)
-  export.check_torchvision_compatible(pre_config.model)  # before the (slow) restore
-  run = export.restore_run(config.pretrained, step)
-  flat = export.flatten(*export.encoder_variables(run.params, run.batch_stats))
-  return run.config, export.torchvision_state_dict(flat, run.step), run.step
+  """(pre-training config, torchvision state dict of its encoder, step), the
+  encoder as the other evaluations load it (step 0: the run's initialisation)."""
+  export.check_torchvision_compatible(checkpoint.read_config(config.pretrained).model)
+  pre = pretrained_lib.load_pretrained(config.pretrained, config.pretrained_step,
+                                       parallel.make_mesh(None))
+  params, batch_stats = jax.device_get((pre.params, pre.batch_stats))
+  flat = export.flatten(*export.encoder_variables(params, batch_stats))
+  return pre.config, export.torchvision_state_dict(flat, pre.step), pre.step
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -337,6 +341,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       f"Detection transfer of {config.pretrained} ({init}, {pre_config.method}, "
       f"{export.describe_model(pre_config.model)}): Faster R-CNN FPN, {config.total_steps} "
       f"steps of {config.batch_size} on {config.data_dir}:{config.train_split}; box AP "
-      f"{scores['box_ap']:.2f}, AP50 {scores['box_ap50']:.2f} on {config.eval_split} "
+      f"{scores['box_ap']:.2f}, AP50 {scores['box_ap50']:.2f}, AP75 {scores['box_ap75']:.2f} on {config.eval_split} "
       f"({len(eval_set.examples)} images); {train_seconds / 60:.1f} min of training."))
   return scores
