@@ -70,8 +70,11 @@ def test_an_unknown_loss_names_the_choices():
 
 def test_dcl_trains_alike_on_one_and_eight_devices():
   """The options' negatives come from the global batch (tests/test_losses.py checks
-  each): through the real step, the same training on any mesh."""
-  config = tiny_vit_config(simclr_v2)
+  each): through the real step, the same training on any mesh. At the harness's
+  default rate (1.0) DCL's loss climbs 4.26 -> 5.42 in two steps, which blows the
+  1-vs-8 rounding up to 3.8e-4 relative on a 2-core AMD EPYC (the step-0 losses
+  agree to 2e-7): 0.3 keeps the updates visible and the comparison well-posed."""
+  config = tiny_vit_config(simclr_v2, base_lr=0.3)
   config.simclr.loss = "dcl"
   same_on_one_and_eight_devices(lambda n: train_steps(config, n))
 
