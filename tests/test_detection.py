@@ -3,6 +3,7 @@ readers on the real raccoon set, COCO AP against hand-worked values, the run."""
 
 import json
 import os
+import random
 
 import numpy as np
 import pytest
@@ -88,6 +89,7 @@ def test_a_coco_folder_reads_as_the_same_boxes(tmp_path):
   gt = detection.coco_ground_truth(test)
   for img, ex in zip(gt["images"], test.examples):
     img["file_name"] = os.path.basename(ex.path)
+  gt["annotations"][0]["iscrowd"] = 1  # a crowd region: ignored, and not trained on
   (tmp_path / "annotations").mkdir()
   (tmp_path / "annotations" / "instances_val.json").write_text(json.dumps(gt))
   os.symlink(os.path.join(RACCOON, "images"), tmp_path / "val")
@@ -97,6 +99,12 @@ def test_a_coco_folder_reads_as_the_same_boxes(tmp_path):
     assert os.path.basename(a.path) == os.path.basename(b.path) and a.width == b.width
     np.testing.assert_allclose(a.boxes, b.boxes)
     assert a.labels.tolist() == b.labels.tolist()
+  first = coco.examples[0]
+  assert first.ignore[0] and not coco.train_on_ignored and test.train_on_ignored
+  _, target = detection.training_example(first, random.Random(0), coco.train_on_ignored)
+  assert len(target["boxes"]) == len(first.boxes) - 1 == len(target["labels"])
+  _, target = detection.training_example(first, random.Random(0), True)
+  assert len(target["boxes"]) == len(first.boxes)
 
 
 def test_box_ap_against_hand_worked_values():

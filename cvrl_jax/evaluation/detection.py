@@ -15,9 +15,10 @@ definitions). Choices, as the anchors' small-batch recipes:
 * The input is the encoder's: RGB in [0, 1], no mean/std normalisation.
 * Training: SGD with momentum, linear warm-up, steps down by 10x at fractions of
   the schedule, horizontal flips, shorter side drawn from ``min_size``.
-* Boxes marked ``difficult`` (Pascal VOC) are trained on and, at evaluation, are
-  regions a detection may hit without counting (COCO's ``iscrowd``), as VOC's own
-  protocol ignores them.
+* Boxes marked ``difficult`` (Pascal VOC) are trained on, COCO's ``iscrowd``
+  regions are not (as detectron2); at evaluation both are regions a detection may
+  hit without counting (pycocotools' ``iscrowd``), as VOC's own protocol ignores
+  difficult boxes.
 
 Data: a Pascal VOC folder (``JPEGImages/`` or ``images/``, ``Annotations/`` or
 ``annotations/`` of XML files; splits from ``ImageSets/Main/<split>.txt`` or, as
@@ -68,6 +69,9 @@ class Example:
 class DetectionSet:
   examples: list[Example]
   classes: list[str]
+  # VOC's "difficult" boxes are trained on (detectron2 does), COCO's crowd boxes
+  # are not; both are ignored at evaluation.
+  train_on_ignored: bool = True
 
 
 def _first_dir(root: str, names: Sequence[str]) -> str:
@@ -148,7 +152,7 @@ def read_coco(root: str, split: str) -> DetectionSet:
         os.path.join(root, split, img["file_name"]), img["width"], img["height"], boxes,
         np.array([index[a["category_id"]] for a in anns], np.int64),
         np.array([bool(a.get("iscrowd", 0)) for a in anns], bool)))
-  return DetectionSet(examples, [c["name"] for c in categories])
+  return DetectionSet(examples, [c["name"] for c in categories], train_on_ignored=False)
 
 
 def read_split(root: str, split: str, classes: Optional[list[str]] = None) -> DetectionSet:
@@ -184,16 +188,17 @@ def load_image(path: str):
   return torch.from_numpy(array.transpose(2, 0, 1).copy())
 
 
-def training_example(example: Example, rng: random.Random):
+def training_example(example: Example, rng: random.Random, train_on_ignored: bool = True):
   """(image, target) with a horizontal flip half of the time."""
   import torch  # pylint: disable=import-outside-toplevel
   image = load_image(example.path)
-  boxes = torch.from_numpy(example.boxes.copy())
+  keep = np.ones_like(example.ignore) if train_on_ignored else ~example.ignore
+  boxes = torch.from_numpy(example.boxes[keep].copy())
   if rng.random() < 0.5:
     image = image.flip(-1)
     boxes = torch.stack([image.shape[-1] - boxes[:, 2], boxes[:, 1],
                          image.shape[-1] - boxes[:, 0], boxes[:, 3]], dim=1)
-  return image, {"boxes": boxes, "labels": torch.from_numpy(example.labels)}
+  return image, {"boxes": boxes, "labels": torch.from_numpy(example.labels[keep])}
 
 
 def build_detector(pre_config: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
@@ -315,7 +320,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   for s in range(config.total_steps):
     if len(order) < config.batch_size:
       order += rng.sample(range(len(train_set.examples)), len(train_set.examples))
-    batch = [training_example(train_set.examples[i], rng) for i in order[:config.batch_size]]
+    batch = [training_example(train_set.examples[i], rng, train_set.train_on_ignored)
+             for i in order[:config.batch_size]]
     del order[:config.batch_size]
     for group in optimizer.param_groups:
       group["lr"] = learning_rate(config, s)

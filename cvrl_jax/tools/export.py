@@ -58,8 +58,8 @@ widths are built from its public ``BasicBlock`` / ``Bottleneck`` at the widths o
 ``models.resnet.stage_widths`` (the same module names, hence the same state dict
 names); it has no selective kernels and no ResNet-200: such encoders are refused
 (use ``.npz``).
-CMC's ``lab_split`` encoder is refused too: its two ResNets (on L, on ab) have half
-the configured width each, which torchvision lacks, and take the L*a*b* channels; in
+CMC's ``lab_split`` encoder is refused too: its two ResNets (of half the configured
+width each) take the L and the ab channels of L*a*b*, not RGB; in
 the cvrl layout they are the names under ``l/`` and ``ab/``, and the RGB-to-Lab step
 is ``cvrl_jax.models.lab_split`` (``make_encoder`` rebuilds the whole encoder).
 CPC's encoders are refused too: their ResNet has LayerNorm (``model.norm``), and
@@ -172,8 +172,8 @@ def check_torchvision_compatible(model: ml_collections.ConfigDict) -> None:
   if model.name == "lab_split":
     raise ValueError(
         "A 'lab_split' encoder (CMC) is two ResNets of half width_multiplier each, one on "
-        "the L and one on the ab channels of L*a*b*: torchvision's ResNets have width 1 "
-        f"and take RGB, so neither is one.{fix}")
+        "the L and one on the ab channels of L*a*b*: a torchvision ResNet is one network "
+        f"on the 3 RGB channels, and neither half is one.{fix}")
   if model.name != "resnet":
     raise ValueError(f"A {model.name!r} encoder has no torchvision ResNet counterpart.{fix}")
   if model.depth not in TORCHVISION_DEPTHS:
