@@ -4,8 +4,8 @@ r"""Time to accuracy: kNN top-1 against training wall-clock time, as curves.
         --evals=3 --out=/tmp/tta --run=simclr=configs/simclr_v2.py:cpu_27min \
         --run=moco_v2=configs/moco_v2.py:cpu_27min --run=byol=configs/byol.py:cpu_27min
 
-(docs/benchmarks.md has its curves of 2026-12-03 on a 2-core CPU: SimCLR 51.64%
-kNN at 21.4 minutes.)
+(docs/benchmarks.md has its curves of 2026-12-03 on a 2-core CPU: the SimCLR
+``cpu_27min`` preset as it is, without ``--minutes``, 51.00% kNN at 22.2 minutes.)
 
 Each ``--run=NAME=CONFIG`` is trained by ``python -m cvrl_jax.main`` as a user runs
 it (its own process, in ``OUT/work/NAME``), with the kNN monitor set to the
