@@ -46,9 +46,18 @@ Variants (``--config=configs/cmc.py:NAME``):
   (random init) -> 20.95% at step 250 -> 25.2% at step 500, 7.3 min of training:
   it does not learn at this budget. The loss fell from chance (2 ln 4097 = 16.6)
   to 13.9 by step 125 and then rose slowly to 14.3 as the queues filled with
-  trained keys; the online probe stayed at 10-15% train top-1. Not yet tried:
-  the paper's single crop (``num_views=1``), no colour jitter, a lower key
-  momentum.
+  trained keys; the online probe stayed at 10-15% train top-1.
+
+  Tried 2026-12-04: the paper's views, one crop and no colour jitter
+  (``--config.num_views=1 --config.augment.color_p=0.0``): 27.2% -> 23.0% ->
+  26.65% at steps 0 / 250 / 500 (10.5 min, beside other tests), no better. A
+  read of the wiring found nothing wrong: L feeds the L encoder and ab the ab
+  encoder, each normalised to about [-1, 1] as the authors' transform does; each
+  view's queries meet the other view's keys and queue with the positive first;
+  each loss reaches only its own encoder and head; the key networks start equal
+  to the online ones and follow both encoders and heads. Not yet tried: wider
+  encoders (``model.width_multiplier=0.5``, each view then MoCo's x0.25 ``cpu``
+  encoder), a lower rate, a lower key momentum.
 """
 
 import ml_collections
