@@ -4,17 +4,9 @@ import os
 
 import pytest
 
-# XLA's older elemental emitters instead of its fusion emitters: with the LLVM
-# optimisations off (below) they compile a tiny SimCLR train step in two thirds of
-# the time (backend compile 14.1 / 15.4 / 12.4 s against 22.7 / 20.9 / 22.2 s,
-# same losses to 1e-7), while with the optimisations on they compile slower
-# (47-65 s against 26-32 s for the cpu preset): ``optimized_xla`` drops them for
-# the processes it starts. Measured 2026-12-04 on the 2-core CPU.
-TEST_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"
-
 # Must happen before jax is imported anywhere: every multi-device path is tested
 # on 8 simulated devices, like a TPU v3-8 slice.
-os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {TEST_XLA_FLAGS}")
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SHARED_TFDS = os.path.abspath(
@@ -53,7 +45,6 @@ def optimized_xla(monkeypatch):
   that trains for minutes runs as users' runs do."""
   import jax
   monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "0")
-  monkeypatch.setenv("XLA_FLAGS", os.environ["XLA_FLAGS"].replace(TEST_XLA_FLAGS, ""))
   before = jax.config.read("jax_disable_most_optimizations")
   jax.config.update("jax_disable_most_optimizations", False)
   yield

@@ -23,8 +23,6 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import TEST_XLA_FLAGS
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 600
 STEPS = 6  # checkpoints at 2, 4 and 6
@@ -169,8 +167,7 @@ def _free_port() -> int:
 def _start(workdir, num_processes: int, devices_per_process: int, **env_extra):
   """Starts ``num_processes`` workers on loopback (``env_extra`` in their environment)."""
   env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2",
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process} "
-                      f"{TEST_XLA_FLAGS}",
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}",
          **env_extra}
   for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
     env.pop(k, None)
