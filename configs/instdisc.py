@@ -6,7 +6,7 @@ Instance Discrimination").
 ImageNet (default): ResNet-50, 224 px, one view per image, batch 256, SGD lr 0.03 x
 B/256, momentum 0.9, weight decay 1e-4, no warm-up, 200 epochs with the rate divided
 by 10 at epochs 120 and 160; a linear 128-d head, L2-normalised; a memory bank of
-1,281,167 x 128 (replicated on every device: 656 MB, see cvrl_jax/methods/instdisc.py),
+1,281,167 x 128 (656 MB, sharded by rows over the devices: cvrl_jax/methods/instdisc.py),
 bank momentum 0.5; NCE with m = 4096 noise samples, temperature 0.07, Z estimated on
 the first batch; augmentations: crop of 20-100% of the area, flip, colour jitter 0.4
 / 0.4 / 0.4 / 0.4 always, grayscale p=0.2, no blur (the authors apply grayscale

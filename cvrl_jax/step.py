@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from clu import metrics as clu_metrics
-from jax.sharding import PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cvrl_jax import methods, parallel
 from cvrl_jax.parallel import DATA
@@ -25,10 +25,18 @@ class TrainState(flax.struct.PyTreeNode):
   extra: Any  # the method's own state: momentum encoder, queue, centre, ...
 
 
+def state_specs(method: methods.Method) -> TrainState:
+  """How the state lies on the mesh: replicated, but for the parts of the method's
+  extra state it shards (``Method.extra_specs``: InstDisc's memory bank)."""
+  return TrainState(step=P(), params=P(), batch_stats=P(), opt_state=P(),
+                    extra=method.extra_specs())
+
+
 def create_train_state(method: methods.Method, tx: optax.GradientTransformation,
                        rng: jax.Array, image_shape: tuple[int, ...],
                        mesh: jax.sharding.Mesh) -> TrainState:
-  """Initialises replicated state directly on the mesh (nothing built on one device).
+  """Initialises the state directly on the mesh (nothing built on one device), as
+  ``state_specs`` lays it out.
 
   Every process then waits for the others: the run's first collective follows.
   """
@@ -38,7 +46,9 @@ def create_train_state(method: methods.Method, tx: optax.GradientTransformation,
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=batch_stats, opt_state=tx.init(params), extra=extra)
 
-  state = jax.jit(init, out_shardings=parallel.replicated(mesh))(rng)
+  shardings = jax.tree.map(lambda spec: NamedSharding(mesh, spec), state_specs(method),
+                           is_leaf=lambda x: isinstance(x, P))
+  state = jax.jit(init, out_shardings=shardings)(rng)
   parallel.wait_for_all_processes("cvrl_jax_train_state_created")
   return state
 
@@ -69,8 +79,9 @@ def make_train_step(method: methods.Method, tx: optax.GradientTransformation,
                               batch_stats=batch_stats, opt_state=opt_state, extra=extra)
     return new_state, metrics
 
-  step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(DATA), P()),
-                       out_specs=(P(), P()))
+  specs = state_specs(method)
+  step = jax.shard_map(per_device, mesh=mesh, in_specs=(specs, P(DATA), P()),
+                       out_specs=(specs, P()))
 
   def train_step(state, batch, rng):
     state, metrics = step(state, batch, rng)

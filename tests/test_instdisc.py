@@ -9,7 +9,9 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import instdisc as instdisc_config, simclr_v2
 from conftest import SHARED_TFDS
@@ -81,7 +83,62 @@ def test_z_over_8_devices_is_the_global_batchs():
 def test_hand_worked_full_softmax():
   # f = e1 against the 4 rows at tau = 0.5: logits [2, 0, -2, 0], its own row first.
   got = instdisc.softmax_loss(jnp.array([E1]), BANK, jnp.array([0]), temperature=0.5)
-  assert float(got) == pytest.approx(-2 + np.log(np.exp(2) + 2 + np.exp(-2)), rel=1e-6)
+  assert float(got[0]) == pytest.approx(-2 + np.log(np.exp(2) + 2 + np.exp(-2)), rel=1e-6)
+  # Rows past bank_size (the padding that lets the rows split over the devices) are
+  # not classes: over the first 3 rows the logit 0 of row 3 drops out.
+  got = instdisc.softmax_loss(jnp.array([E1]), BANK, jnp.array([0]), temperature=0.5,
+                              bank_size=3)
+  assert float(got[0]) == pytest.approx(-2 + np.log(np.exp(2) + 1 + np.exp(-2)), rel=1e-6)
+
+
+def _on_sharded_bank(fn, bank, *replicated):
+  """``fn(bank block, *replicated, axis_name)`` on 8 devices, the bank split by rows
+  and the other arguments whole on each; the result as device 0 has it."""
+  mesh = parallel.make_mesh(8)
+  mapped = jax.shard_map(lambda b, *a: fn(b, *a, parallel.DATA)[None], mesh=mesh,
+                         in_specs=(P(parallel.DATA),) + (P(),) * len(replicated),
+                         out_specs=P(parallel.DATA))
+  put = lambda x, spec: jax.device_put(x, NamedSharding(mesh, spec))
+  return np.asarray(jax.jit(mapped)(put(bank, P(parallel.DATA)),
+                                    *(put(x, P()) for x in replicated)))
+
+
+def test_a_bank_sharded_over_8_devices_reads_scores_and_updates_as_a_whole_one():
+  """Rows, noise logits, the full softmax and the update over a bank split into 8
+  blocks of 5 rows equal those over the whole bank on one device (37 real rows:
+  the last 3 are padding)."""
+  rng = np.random.default_rng(0)
+  bank = jnp.asarray(rng.normal(size=(40, 6)), jnp.float32)
+  f = jnp.asarray(rng.normal(size=(16, 6)), jnp.float32)
+  index = jnp.asarray(rng.permutation(37)[:16], jnp.int32)
+  noise = jnp.asarray(rng.integers(0, 37, size=(16, 9)), jnp.int32)
+  assert instdisc.bank_rows(37, 8) == 40 and instdisc.bank_rows(40, 8) == 40
+  rows = _on_sharded_bank(lambda b, i, axis: instdisc.sharded_rows(b, i, axis), bank, index)
+  np.testing.assert_array_equal(rows[0], bank[index])
+  np.testing.assert_array_equal(rows[0], rows[7])  # every device has them all
+  logits = _on_sharded_bank(lambda b, f, i, axis: instdisc.sharded_logits(f, i, b, axis),
+                            bank, f, noise)
+  np.testing.assert_allclose(logits[0], jnp.einsum("bd,bmd->bm", f, bank[noise]), rtol=1e-6)
+  soft = _on_sharded_bank(lambda b, f, i, axis: instdisc.softmax_loss(
+      f, b, i, temperature=0.5, bank_size=37, axis_name=axis), bank, f, index)
+  np.testing.assert_allclose(soft[0], instdisc.softmax_loss(
+      f, bank[:37], index, temperature=0.5), rtol=1e-5)
+  updated = _on_sharded_bank(lambda b, i, f, axis: instdisc.update_bank(b, i, f, 0.5, axis),
+                             bank, index, f)
+  np.testing.assert_allclose(updated.reshape(40, 6), instdisc.update_bank(bank, index, f, 0.5),
+                             rtol=1e-6, atol=1e-7)
+
+
+def test_the_train_states_bank_is_split_over_the_devices():
+  c = tiny_config(num_train_examples=100)
+  method = methods.get_method(c, 10, 4)
+  state = step_lib.create_train_state(method, optax.sgd(0.1), jax.random.PRNGKey(0),
+                                      (2, 16, 16, 3), parallel.make_mesh(8))
+  bank = state.extra["bank"]
+  assert bank.shape == (104, c.head.output_dim)  # 100 rows, rounded up to 8 x 13
+  assert {s.data.shape[0] for s in bank.addressable_shards} == {13}
+  np.testing.assert_array_equal(np.asarray(bank)[100:], 0.0)
+  assert bank.sharding.spec == P(parallel.DATA) and state.extra["z"].sharding.spec == P()
 
 
 def test_bank_update_by_index_with_momentum_then_renormalised():
@@ -334,7 +391,9 @@ def test_every_preset_builds_with_a_row_per_training_image(variant):
   params, _, extra = jax.eval_shape(method.init, jax.random.PRNGKey(0), images)
   jax.eval_shape(tx.init, params)
   rows = 1_281_167 if variant == "imagenet" else 50_000
-  assert extra["bank"].shape == (rows, 128) and extra["z"].shape == ()
+  assert method.bank_size == rows and extra["z"].shape == ()
+  # rounded up to split over this host's 8 devices: ImageNet's odd count gains a row
+  assert extra["bank"].shape == (rows + (variant == "imagenet"), 128)
   assert set(params["head"]) == {"dense_0"}
 
 

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
 from cvrl_jax import losses, models, parallel
 from cvrl_jax.models.heads import MLPHead
@@ -300,6 +301,12 @@ class Method:
     """(params, batch_stats, extra state) for one local batch of images."""
     variables = self.net(None).init(rng, images, train=False)
     return variables["params"], variables.get("batch_stats", {}), {}
+
+  def extra_specs(self) -> Any:
+    """``PartitionSpec``s of the extra state (a prefix of its tree) over the mesh's
+    ``data`` axis: replicated (``P()``) unless a method shards a part too large to
+    keep whole on every device."""
+    return P()
 
   def loss(self, params: Params, batch_stats: Params, extra: Any, batch: dict,
            rng: jax.Array, step: jax.Array, axis_name: Optional[str]) -> LossOutput:

@@ -38,16 +38,20 @@ does). Rows are never differentiated.
 Global batch semantics: BatchNorm is synchronised over the mesh; the noise rows
 of a sample are drawn from the step's RNG folded with the sample's row in the
 global batch (``noise_indices``), so they do not depend on the number of
-devices; Z's estimate is a mean over the whole global batch; and every device
-writes the gathered features of the whole global batch into its copy of the
-bank, so the bank is the same on every device, and 1 device and 8 give the same
-losses. Being part of the train state, the bank and Z are checkpointed and
-restored with it.
+devices; Z's estimate is a mean over the whole global batch. Being part of the
+train state, the bank and Z are checkpointed and restored with it.
 
-Known limit: the bank is replicated, not sharded over the mesh. On ImageNet
-(1,281,167 images x 128 float32) that is 656 MB on every device, and every
-checkpoint writes it whole; an accelerator with less memory to spare needs a
-bank sharded over the mesh, which this version does not have.
+The bank is sharded by rows over the mesh (``extra_specs``): on ImageNet
+(1,281,167 images x 128 float32, 656 MB) each of 8 devices holds 82 MB. Every
+device draws the noise indices of the whole global batch, computes the logits
+against the rows it holds (zero elsewhere) and a ``psum`` completes them
+(``sharded_logits``); a sample's own row is read the same way (``sharded_rows``)
+and each device writes the updated rows it holds. The sums add one nonzero term
+to zeros, so 1 device and 8 give the same logits. The cost is the noise logits
+of the global batch on every device (B m d multiply-adds, computed a local batch
+at a time) and one psum of the B x m logits a step. The bank has a row per
+example, rounded up to a multiple of the mesh's devices (``bank_rows``); the
+extra rows are never indexed, drawn or counted in the softmax.
 
 The representation evaluated downstream (kNN monitor, linear probe, export) is
 the encoder's output (``base.Method.features``), as for every other method here,
@@ -61,6 +65,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
 from cvrl_jax import losses, parallel
 from cvrl_jax.methods import base
@@ -98,23 +103,76 @@ def estimate_z(noise_logits: jax.Array, bank_size: int, axis_name: Optional[str]
   return lax.stop_gradient(bank_size * mean)
 
 
-def softmax_loss(f: jax.Array, bank: jax.Array, index: jax.Array, *,
-                 temperature: float) -> jax.Array:
-  """``mean_i -log softmax(V f_i / tau)_{index_i}``: the non-parametric softmax
-  over every row of the bank."""
-  logp = jax.nn.log_softmax(f @ bank.T / temperature)
-  return -jnp.mean(jnp.take_along_axis(logp, index[:, None], axis=-1))
+def bank_rows(bank_size: int, num_devices: int) -> int:
+  """Rows the bank is allocated with: ``bank_size`` rounded up to a multiple of the
+  devices that shard it."""
+  return -(-bank_size // num_devices) * num_devices
 
 
-def update_bank(bank: jax.Array, index: jax.Array, f: jax.Array,
-                momentum: float) -> jax.Array:
-  """Rows ``index`` of the bank <- normalise(m v + (1 - m) f). An image twice in one
-  batch (the end of one epoch and the start of the next) moves by the mean of its
-  features, so every copy writes the same row."""
+def _held(bank: jax.Array, index: jax.Array, axis_name: Optional[str]
+          ) -> tuple[jax.Array, jax.Array]:
+  """Where the global rows ``index`` lie in this device's block of the bank, and
+  whether they lie there at all."""
+  local = index - parallel.first_row(bank.shape[0], axis_name)
+  return jnp.clip(local, 0, bank.shape[0] - 1), (local >= 0) & (local < bank.shape[0])
+
+
+def sharded_rows(bank: jax.Array, index: jax.Array, axis_name: Optional[str]) -> jax.Array:
+  """Global rows ``index`` (the same on every device) of a bank sharded by rows:
+  each device reads those it holds, zeros for the rest, and a psum fills them in."""
+  local, held = _held(bank, index, axis_name)
+  return parallel.psum(jnp.where(held[..., None], bank[local], 0.0), axis_name)
+
+
+def sharded_logits(f: jax.Array, index: jax.Array, bank: jax.Array,
+                   axis_name: Optional[str]) -> jax.Array:
+  """``f_b . v_{index_bk}`` [B, m] for every row b of the global batch ``f`` [B, d]
+  and its bank rows ``index`` [B, m]: each device the rows it holds, a local batch
+  at a time (memory of one local batch's noise rows), and a psum."""
+  chunks = parallel.axis_size(axis_name)
+
+  def partial(args):
+    f, index = args
+    local, held = _held(bank, index, axis_name)
+    return jnp.where(held, jnp.einsum("bd,bmd->bm", f, bank[local]), 0.0)
+
+  split = lambda x: x.reshape(chunks, -1, *x.shape[1:])
+  logits = lax.map(partial, (split(f), split(index))).reshape(index.shape)
+  return parallel.psum(logits, axis_name)
+
+
+def softmax_loss(f: jax.Array, bank: jax.Array, index: jax.Array, *, temperature: float,
+                 bank_size: Optional[int] = None, axis_name: Optional[str] = None
+                 ) -> jax.Array:
+  """Per-sample ``-log softmax(V f_b / tau)_{index_b}`` over the bank's first
+  ``bank_size`` rows (default: all), for the global batch ``f`` [B, d]; with
+  ``axis_name``, ``bank`` is this device's block of rows, and the log-sum-exp
+  is taken over every device's block."""
+  logits = f @ bank.T / temperature
+  rows = parallel.first_row(bank.shape[0], axis_name) + jnp.arange(bank.shape[0])
+  logits = jnp.where(rows < (bank_size or rows.shape[0] * parallel.axis_size(axis_name)),
+                     logits, -jnp.inf)
+  peak = lax.stop_gradient(jnp.max(logits, axis=-1))
+  if axis_name is not None:
+    peak = lax.pmax(peak, axis_name)
+  total = parallel.psum(jnp.sum(jnp.exp(logits - peak[:, None]), axis=-1), axis_name)
+  positive = jnp.sum(f * sharded_rows(bank, index, axis_name), axis=-1) / temperature
+  return peak + jnp.log(total) - positive
+
+
+def update_bank(bank: jax.Array, index: jax.Array, f: jax.Array, momentum: float,
+                axis_name: Optional[str] = None) -> jax.Array:
+  """Rows ``index`` of the bank <- normalise(m v + (1 - m) f), for the global batch's
+  ``index`` and ``f``; with ``axis_name`` each device writes the rows it holds. An
+  image twice in one batch (the end of one epoch and the start of the next) moves
+  by the mean of its features, so every copy writes the same row."""
   same = (index[:, None] == index[None, :]).astype(f.dtype)
   f = (same @ f) / jnp.sum(same, axis=1, keepdims=True)
-  rows = losses.l2_normalize(momentum * bank[index] + (1.0 - momentum) * f)
-  return bank.at[index].set(rows.astype(bank.dtype))
+  rows = losses.l2_normalize(momentum * sharded_rows(bank, index, axis_name)
+                             + (1.0 - momentum) * f)
+  local, held = _held(bank, index, axis_name)
+  return bank.at[jnp.where(held, local, bank.shape[0])].set(rows.astype(bank.dtype),
+                                                             mode="drop")
 
 
 class InstDisc(base.Method):
@@ -149,10 +207,16 @@ class InstDisc(base.Method):
     from cvrl_jax.data import sources
     return sources.num_examples(c, c.train_split)
 
+  def extra_specs(self):
+    return {"bank": P(parallel.DATA), "z": P()}
+
   def init(self, rng, images):
     net_rng, bank_rng = jax.random.split(rng)
     params, batch_stats, _ = super().init(net_rng, images)
-    bank = base.random_unit_rows(bank_rng, self.bank_size, self.config.head.output_dim)
+    c = self.config
+    bank = base.random_unit_rows(bank_rng, self.bank_size, c.head.output_dim)
+    rows = bank_rows(self.bank_size, c.num_devices or jax.device_count())
+    bank = jnp.pad(bank, ((0, rows - self.bank_size), (0, 0)))
     return params, batch_stats, {"bank": bank, "z": jnp.zeros((), jnp.float32)}
 
   def loss(self, params, batch_stats, extra, batch, rng, step, axis_name):
@@ -161,23 +225,27 @@ class InstDisc(base.Method):
     (_, (z, _), _, logits), batch_stats = base.apply_together(
         self.net(axis_name), params, batch_stats, batch["views"])
     f = losses.l2_normalize(z.astype(jnp.float32))
-    bank, index = extra["bank"], batch["index"]
-    positive = bank[index]  # v_i before this step's update
-    similarity = jnp.sum(f * positive, axis=-1)
+    b, bank = f.shape[0], extra["bank"]
+    everyone = lambda x: parallel.gather(x, axis_name, invariant=True)
+    f_all, index = parallel.gather(f, axis_name), everyone(batch["index"])
+    positive = parallel.own_rows(sharded_rows(bank, index, axis_name), b, axis_name)
+    similarity = jnp.sum(f * positive, axis=-1)  # v_i before this step's update
     metrics = {"positive_similarity": parallel.pmean(jnp.mean(similarity), axis_name)}
     if c.loss == "nce":
-      rows = parallel.first_row(f.shape[0], axis_name) + jnp.arange(f.shape[0])
-      noise = bank[noise_indices(rng, rows, c.num_noise, n)]  # [b, m, d]
-      noise_logits = jnp.einsum("bd,bmd->bm", f, noise) / c.temperature
+      noise = noise_indices(rng, jnp.arange(f_all.shape[0]), c.num_noise, n)
+      noise_logits = parallel.own_rows(sharded_logits(f_all, noise, bank, axis_name), b,
+                                       axis_name) / c.temperature
       z_nce = jnp.where(extra["z"] > 0, extra["z"], estimate_z(noise_logits, n, axis_name))
       loss = nce_loss(similarity / c.temperature, noise_logits, z=z_nce, bank_size=n)
       extra, metrics["nce_z"] = {**extra, "z": z_nce}, z_nce
     else:
-      loss = softmax_loss(f, bank, index, temperature=c.temperature)
+      per_sample = softmax_loss(f_all, bank, index, temperature=c.temperature,
+                                bank_size=n, axis_name=axis_name)
+      loss = jnp.mean(parallel.own_rows(per_sample, b, axis_name))
     if c.proximal:
       loss += c.proximal * jnp.mean(jnp.sum(jnp.square(f - positive), -1))
-    everyone = lambda x: parallel.gather(x, axis_name, invariant=True)
-    bank = update_bank(bank, everyone(index), everyone(lax.stop_gradient(f)), c.bank_momentum)
+    bank = update_bank(bank, index, everyone(lax.stop_gradient(f)), c.bank_momentum,
+                       axis_name)
     return base.with_probe(parallel.pmean(loss, axis_name), logits, batch["label"], axis_name,
                            batch_stats, {**extra, "bank": bank}, **metrics)
 
