@@ -128,9 +128,12 @@ def sharded_logits(f: jax.Array, index: jax.Array, bank: jax.Array,
                    axis_name: Optional[str]) -> jax.Array:
   """``f_b . v_{index_bk}`` [B, m] for every row b of the global batch ``f`` [B, d]
   and its bank rows ``index`` [B, m]: each device the rows it holds, a local batch
-  at a time (memory of one local batch's noise rows), and a psum."""
+  at a time, and a psum. Each local batch's noise rows are read again for the
+  gradient rather than kept (``jax.checkpoint``), so memory holds one local batch's
+  rows [b, m, d], as a replicated bank's loss would, not the global batch's."""
   chunks = parallel.axis_size(axis_name)
 
+  @jax.checkpoint
   def partial(args):
     f, index = args
     local, held = _held(bank, index, axis_name)
