@@ -199,14 +199,18 @@ def test_long_run_watch_finds_the_trainer_and_bounds_growth(tmp_path):
   tree, reads its resources, and fails growth past the bounds (the 2,000-step
   figures are in docs/benchmarks.md)."""
   from benchmarks import long_run
-  (tmp_path / "sleeper.py").write_text("import time\ntime.sleep(30)\n")
+  # The sleeper says when its interpreter is up: sampled just after exec, its RSS
+  # is still a fraction of a MiB (CI saw 0.18).
+  ready = tmp_path / "ready"
+  (tmp_path / "sleeper.py").write_text(
+      f"import pathlib, time\npathlib.Path({str(ready)!r}).touch()\ntime.sleep(30)\n")
   shell = subprocess.Popen(["bash", "-c", '"$PY" "$SCRIPT" "$ARG" & wait'],
                            env={**os.environ, "PY": sys.executable, "ARG": "cvrl_jax.main",
                                 "SCRIPT": str(tmp_path / "sleeper.py")})
   try:
-    for _ in range(100):
+    for _ in range(600):
       pid = long_run.trainer(shell.pid)
-      if pid:
+      if pid and ready.exists():
         break
       time.sleep(0.05)
     assert pid and pid != shell.pid
