@@ -213,7 +213,7 @@ def test_long_run_watch_finds_the_trainer_and_bounds_growth(tmp_path):
       if pid and ready.exists():
         break
       time.sleep(0.05)
-    assert pid and pid != shell.pid
+    assert pid and pid != shell.pid and ready.exists()
     s = long_run.sample(pid)
     assert s["rss_mib"] > 1 and s["fds"] >= 3 and s["threads"] >= 1
   finally:
